@@ -1,0 +1,337 @@
+//! The BAL listener (SPEC §3): one task per TCP connection owns the line
+//! codec and the LOGON handshake, validates DOWNSTREAMs (on its own task, so
+//! validation runs in parallel with the engine), and turns lines into
+//! [`Cmd`]s. A writer task per connection writes what the engine hands it,
+//! flushing when its queue is empty.
+
+use crate::config::{BalConfig, Secret};
+use crate::engine::{line_of, Cmd, ConnId, Incoming, Out};
+use bal::proto::{BalError, FromBal, ToBal};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+/// Default TTL (seconds) when a message gives none: FCM's 4 weeks.
+const DEFAULT_TTL: u64 = fcm::MAX_TTL_SECS as u64;
+
+/// Shared by all connections.
+struct Shared {
+    cfg: BalConfig,
+    tokens: HashMap<String, Secret>,
+    sessions: HashMap<String, Arc<str>>,
+    engine: mpsc::Sender<Cmd>,
+    next_conn: AtomicU64,
+    id_prefix: String,
+    next_msg: AtomicU64,
+}
+
+/// Accepts BAL connections until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: BalConfig,
+    engine: mpsc::Sender<Cmd>,
+    shutdown: CancellationToken,
+) {
+    let tokens = cfg
+        .sessions
+        .iter()
+        .map(|s| (s.session_id.clone(), s.token.clone()))
+        .collect();
+    let sessions = cfg
+        .sessions
+        .iter()
+        .map(|s| (s.session_id.clone(), Arc::from(s.session_id.as_str())))
+        .collect();
+    let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let shared = Arc::new(Shared {
+        cfg,
+        tokens,
+        sessions,
+        engine,
+        next_conn: AtomicU64::new(1),
+        id_prefix: format!("gimmm-{:x}-", store::now_ms()),
+        next_msg: AtomicU64::new(1),
+    });
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "BAL accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many BAL connections; refusing");
+            drop(sock);
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            connection(sock, shared, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Constant-time comparison of secrets.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= (x ^ y) as usize;
+    }
+    diff == 0
+}
+
+async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (r, w) = sock.into_split();
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
+    let closed = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(w, out_rx, closed.clone()));
+    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), shared.cfg.max_line_bytes);
+    let mut lines = FramedRead::with_capacity(r, codec, 64 * 1024);
+
+    let session = match logon(&mut lines, &shared, &out_tx, conn, &closed, &shutdown).await {
+        Some(s) => s,
+        None => {
+            let _ = out_tx.send(Out::Close);
+            let _ = writer.await;
+            return;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            n = lines.next() => n,
+            _ = closed.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+        };
+        let line = match next {
+            None => break,
+            Some(Ok(l)) => l,
+            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
+                send(&out_tx, &ToBal::error(BalError::LineTooLong, format!("line longer than {} bytes", shared.cfg.max_line_bytes)));
+                break;
+            }
+            Some(Err(AnyDelimiterCodecError::Io(_))) => break,
+        };
+        let line = trim_cr(&line);
+        if line.is_empty() {
+            continue;
+        }
+        match FromBal::parse(line) {
+            Ok(FromBal::Ping) => send(&out_tx, &ToBal::Pong),
+            Ok(FromBal::Ack { sequence_id }) => {
+                if shared.engine.send(Cmd::Ack { session: session.clone(), conn, seq: sequence_id }).await.is_err() {
+                    break;
+                }
+            }
+            Ok(FromBal::Downstream { group_id, fcm_data }) => {
+                let inc = prepare(&shared, &session, conn, group_id, fcm_data);
+                if shared.engine.send(Cmd::Downstream(Box::new(inc))).await.is_err() {
+                    break;
+                }
+            }
+            Ok(FromBal::Logon { .. }) => send(&out_tx, &ToBal::error(BalError::UnknownMessageType, "already logged on")),
+            Err((code, desc)) => send(&out_tx, &ToBal::error(code, desc)),
+        }
+    }
+    let _ = shared.engine.send(Cmd::Detach { session, conn }).await;
+    let _ = out_tx.send(Out::Close);
+    let _ = writer.await;
+}
+
+fn trim_cr(b: &Bytes) -> &[u8] {
+    let s: &[u8] = b;
+    s.strip_suffix(b"\r").unwrap_or(s)
+}
+
+fn send(out: &mpsc::UnboundedSender<Out>, m: &ToBal) {
+    let _ = out.send(Out::Line(Arc::from(line_of(m))));
+}
+
+async fn logon(
+    lines: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AnyDelimiterCodec>,
+    shared: &Shared,
+    out: &mpsc::UnboundedSender<Out>,
+    conn: ConnId,
+    closed: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Option<Arc<str>> {
+    let timeout = Duration::from_secs(shared.cfg.logon_timeout_secs);
+    let first = tokio::select! {
+        r = tokio::time::timeout(timeout, lines.next()) => r,
+        _ = closed.cancelled() => return None,
+        _ = shutdown.cancelled() => return None,
+    };
+    let line = match first {
+        Err(_) => {
+            tracing::debug!(conn, "BAL logon timeout");
+            send(out, &ToBal::error(BalError::NotLoggedOn, "no LOGON within logon_timeout_secs"));
+            return None;
+        }
+        Ok(None) | Ok(Some(Err(AnyDelimiterCodecError::Io(_)))) => return None,
+        Ok(Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded))) => {
+            send(out, &ToBal::error(BalError::LineTooLong, "line too long"));
+            return None;
+        }
+        Ok(Some(Ok(l))) => l,
+    };
+    match FromBal::parse(trim_cr(&line)) {
+        Ok(FromBal::Logon { session_id, token }) => {
+            let ok = match shared.tokens.get(&session_id) {
+                Some(t) => same_secret(t.expose().as_bytes(), token.as_bytes()),
+                None => {
+                    // Same work and answer for an unknown session.
+                    let _ = same_secret(token.as_bytes(), token.as_bytes());
+                    false
+                }
+            };
+            let session = shared.sessions.get(&session_id).cloned();
+            match (ok, session) {
+                (true, Some(session)) => {
+                    let cmd = Cmd::Attach { session: session.clone(), conn, out: out.clone() };
+                    shared.engine.send(cmd).await.ok()?;
+                    Some(session)
+                }
+                _ => {
+                    tracing::info!(conn, "BAL logon refused");
+                    metrics::counter!("gimmm_bal_logon_failures_total").increment(1);
+                    send(
+                        out,
+                        &ToBal::LogonResponse {
+                            session_id,
+                            status: "FAILURE".into(),
+                            error_description: Some("unknown session or wrong token".into()),
+                        },
+                    );
+                    None
+                }
+            }
+        }
+        Ok(_) => {
+            send(out, &ToBal::error(BalError::NotLoggedOn, "the first message must be LOGON"));
+            None
+        }
+        Err((code, desc)) => {
+            send(out, &ToBal::error(code, desc));
+            None
+        }
+    }
+}
+
+/// Validates a DOWNSTREAM and prepares it for the engine.
+fn prepare(
+    shared: &Shared,
+    session: &Arc<str>,
+    conn: ConnId,
+    group_id: Option<String>,
+    mut fcm_data: serde_json::Value,
+) -> Incoming {
+    let mut message_id = fcm_data
+        .get("message_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    if message_id.is_none() {
+        let generated = format!("{}{}", shared.id_prefix, shared.next_msg.fetch_add(1, Ordering::Relaxed));
+        if let Some(obj) = fcm_data.as_object_mut() {
+            if !obj.contains_key("message_id") {
+                obj.insert("message_id".into(), serde_json::Value::String(generated.clone()));
+            }
+        }
+        message_id = Some(generated);
+    }
+    let message_id = message_id.unwrap_or_default();
+    let body = serde_json::to_string(&fcm_data).unwrap_or_default();
+    let now = store::now_ms();
+    match fcm::validate_downstream(&fcm_data) {
+        Ok(d) => {
+            let ttl = d.time_to_live.map(u64::from).unwrap_or(DEFAULT_TTL);
+            // TTL 0 means "now or never" at FCM; give it one second to leave gimmm.
+            let ttl_ms = (ttl * 1000).max(1000) as i64;
+            let target = d.to.clone().or(d.condition.clone()).unwrap_or_default();
+            Incoming {
+                session: session.clone(),
+                conn,
+                group_id,
+                message_id,
+                body,
+                expires_at_ms: now + ttl_ms,
+                receipt: d.delivery_receipt_requested.unwrap_or(false),
+                target,
+                rejected: None,
+            }
+        }
+        Err(rej) => Incoming {
+            session: session.clone(),
+            conn,
+            group_id,
+            message_id,
+            body,
+            expires_at_ms: now,
+            receipt: false,
+            target: String::new(),
+            rejected: Some((rej.code, rej.description)),
+        },
+    }
+}
+
+async fn write_loop(
+    w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    closed: CancellationToken,
+) {
+    let mut w = BufWriter::with_capacity(64 * 1024, w);
+    'outer: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Out::Line(l) => {
+                    if w.write_all(l.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err() {
+                        break 'outer;
+                    }
+                }
+                Out::Close => {
+                    let _ = w.flush().await;
+                    let _ = w.shutdown().await;
+                    break 'outer;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+        assert!(same_secret(b"", b""));
+    }
+}

@@ -1,0 +1,187 @@
+//! gimmm's gateway: the engine, the CCS connection pool (links), the BAL
+//! server, admin HTTP, metrics and configuration, wired by [`Gateway`].
+//!
+//! ```text
+//!  BALs ──NDJSON/TCP── bal_server ──Cmd──▶ engine ◀──LinkEvent── link 1..N ──XMPP/TLS── CCS
+//!                                             │ group commit
+//!                                           store (SQLite WAL)
+//! ```
+//! See DESIGN.md: links own sockets, BAL sessions own lines, one engine
+//! task owns message state, the store answers when data is on disk.
+
+pub mod admin;
+pub mod backoff;
+pub mod bal_server;
+pub mod config;
+pub mod engine;
+pub mod link;
+
+use config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors starting the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: String,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] xmpp::XmppError),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where BALs connect.
+    pub bal_addr: SocketAddr,
+    /// Admin HTTP address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    engine: mpsc::Sender<engine::Cmd>,
+}
+
+impl Gateway {
+    /// Opens the store, binds the listeners, starts the links.
+    pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Gateway, GatewayError> {
+        let connector: Arc<dyn xmpp::connect::Connector> =
+            Arc::new(xmpp::connect::DirectTls::new(cfg.fcm.ca_file.as_deref())?);
+        Gateway::start_with_connector(cfg, connector, shutdown).await
+    }
+
+    /// Like [`Gateway::start`] with a given TLS connector (tests).
+    pub async fn start_with_connector(
+        cfg: Config,
+        connector: Arc<dyn xmpp::connect::Connector>,
+        shutdown: CancellationToken,
+    ) -> Result<Gateway, GatewayError> {
+        let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+        let (store, recovery) = store::Store::open(&cfg.store.path, commit_tx)?;
+        tracing::info!(
+            path = %cfg.store.path.display(),
+            queued = recovery.queued,
+            next_seq = recovery.next_seq,
+            "store open"
+        );
+        let bal_listener = tokio::net::TcpListener::bind(&cfg.bal.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                what: "bal.listen",
+                addr: cfg.bal.listen.clone(),
+                source,
+            })?;
+        let bal_addr = bal_listener.local_addr().map_err(|source| GatewayError::Bind {
+            what: "bal.listen",
+            addr: cfg.bal.listen.clone(),
+            source,
+        })?;
+        let admin_listener = if cfg.admin.listen.is_empty() {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&cfg.admin.listen)
+                    .await
+                    .map_err(|source| GatewayError::Bind {
+                        what: "admin.listen",
+                        addr: cfg.admin.listen.clone(),
+                        source,
+                    })?,
+            )
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let retry = &cfg.retry;
+        let link = link::LinkParams {
+            host: cfg.fcm.host.clone(),
+            port: cfg.fcm.port,
+            connector,
+            username: format!("{}@{}", cfg.fcm.sender_id, cfg.fcm.auth_domain),
+            password: cfg.fcm.server_key.clone(),
+            domain: cfg.fcm.auth_domain.clone(),
+            keepalive: Duration::from_secs(cfg.fcm.keepalive_secs),
+            max_stanza_bytes: cfg.fcm.max_stanza_bytes,
+            connect_backoff: backoff::Backoff::new(
+                Duration::from_millis(retry.initial_ms),
+                Duration::from_millis(retry.max_ms),
+            ),
+            auth_backoff: backoff::Backoff::new(
+                Duration::from_millis(retry.max_ms.min(60_000).max(retry.initial_ms)),
+                Duration::from_millis(retry.max_ms),
+            ),
+        };
+        let ecfg = engine::EngineConfig {
+            sessions: cfg.bal.sessions.iter().map(|s| s.session_id.clone()).collect(),
+            connections: cfg.fcm.connections,
+            max_pending: cfg.fcm.max_pending_per_connection,
+            max_unacked: cfg.bal.max_unacked,
+            retry: cfg.retry.clone(),
+            link,
+            mem_messages: 50_000,
+            mem_outbox: 10_000,
+        };
+        let (link_tx, link_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        let tracker = TaskTracker::new();
+        let eng = engine::Engine::new(ecfg, store.clone(), &recovery, link_tx, shutdown.clone());
+        tracker.spawn(eng.run(cmd_rx, link_rx, commit_rx));
+        tracker.spawn(bal_server::serve(
+            bal_listener,
+            cfg.bal.clone(),
+            cmd_tx.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(l) = admin_listener {
+            let state = admin::AdminState::new(cmd_tx.clone(), store, cfg.admin.token.clone());
+            tracker.spawn(admin::serve(l, state, shutdown.clone()));
+        }
+        tracker.close();
+        tracing::info!(%bal_addr, admin = ?admin_addr, fcm = %format!("{}:{}", cfg.fcm.host, cfg.fcm.port), connections = cfg.fcm.connections, "gimmm gateway started");
+        Ok(Gateway {
+            bal_addr,
+            admin_addr,
+            shutdown,
+            tracker,
+            engine: cmd_tx,
+        })
+    }
+
+    /// The engine's state, for tests and tools.
+    pub async fn snapshot(&self) -> Option<engine::Snapshot> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.send(engine::Cmd::Snapshot(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Asks everything to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every task has finished (after [`Gateway::shutdown`] or
+    /// the token being cancelled elsewhere).
+    pub async fn wait(self) {
+        drop(self.engine);
+        self.tracker.wait().await;
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) {
+        self.shutdown();
+        self.wait().await;
+    }
+}
