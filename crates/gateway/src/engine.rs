@@ -769,7 +769,7 @@ impl Engine {
 
     fn finish_ack(&mut self, id: u64, fcm_data: serde_json::Value) {
         let Some(m) = self.remove_msg(id) else { return };
-        metrics::counter!("gimmm_downstream_final_total", "state" => "ack", "code" => "").increment(1);
+        metrics::counter!("gimmm_downstream_final_total", "state" => "ack").increment(1);
         tracing::debug!(session = %m.session, message_id = %m.message_id, "downstream acked");
         if m.receipt {
             self.receipts
@@ -791,7 +791,8 @@ impl Engine {
     }
 
     fn reject_line(&mut self, session: &Arc<str>, message_id: &str, body: &str, code: &str, desc: &str) {
-        metrics::counter!("gimmm_downstream_final_total", "state" => "reject", "code" => code.to_string()).increment(1);
+        metrics::counter!("gimmm_downstream_final_total", "state" => "reject").increment(1);
+        metrics::counter!("gimmm_downstream_rejected_total", "code" => code.to_string()).increment(1);
         tracing::debug!(%session, %message_id, code, "downstream rejected");
         let seq = self.take_seq();
         let line = ToBal::DownstreamReject {
