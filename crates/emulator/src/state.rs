@@ -566,9 +566,9 @@ impl Shared {
         scratch: &mut String,
     ) -> Flow {
         let owned = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
-        let (raw_id, raw_to) = (owned("message_id"), owned("to"));
-        let raw_id = raw_id.as_deref();
-        let raw_to = raw_to.as_deref();
+        let (owned_id, owned_to) = (owned("message_id"), owned("to"));
+        let raw_id = owned_id.as_deref();
+        let raw_to = owned_to.as_deref();
         let validated = fcm::validate_downstream_owned(value);
 
         let mut st = self.lock();
@@ -652,7 +652,7 @@ impl Shared {
                     view.prefixed,
                 );
                 batch.answers.push(Answer {
-                    id: raw_id.map(str::to_owned),
+                    id: owned_id,
                     kind: AnswerKind::Ack { delivered },
                     receipt,
                 });
@@ -660,7 +660,7 @@ impl Shared {
             Err((code, desc)) => {
                 push_nack(batch, scratch, raw_to, id, &code, &desc, view.prefixed);
                 batch.answers.push(Answer {
-                    id: raw_id.map(str::to_owned),
+                    id: owned_id,
                     kind: AnswerKind::Nack(code),
                     receipt: None,
                 });

@@ -78,6 +78,11 @@ async fn nack_paths_carry_table_4_codes() {
             "r10",
             ErrorCode::InvalidJson,
         ),
+        (
+            json!({"to":"tok","data":{"a":"b"}}).to_string(),
+            "",
+            ErrorCode::InvalidJson,
+        ),
     ];
     for (json, id, code) in &cases {
         c.send(json).await;
@@ -97,7 +102,7 @@ async fn nack_paths_carry_table_4_codes() {
     assert_eq!(s.acks_sent, 0);
     assert_eq!(s.nacks_by_code["BAD_REGISTRATION"], 2);
     assert_eq!(s.nacks_by_code["DEVICE_UNREGISTERED"], 2);
-    assert_eq!(s.nacks_by_code["INVALID_JSON"], 7);
+    assert_eq!(s.nacks_by_code["INVALID_JSON"], 8);
     let m = s.msg("r3");
     assert_eq!((m.received, m.nacked, m.acked), (1, 1, 0));
     assert_eq!(m.last_error.as_deref(), Some("DEVICE_UNREGISTERED"));
