@@ -46,9 +46,18 @@
 //!   `<data:gcm xmlns:data="google:mobile:data">` form.
 //!
 //! Everything it sees is counted ([`Stats`]), available as a Rust snapshot,
-//! through [`Emulator::wait_until`], and as JSON at `GET /stats` on
-//! [`EmulatorConfig::stats_listen`] (see the `http` module for the other
-//! routes).
+//! through [`Emulator::wait_until`], and over HTTP/JSON on
+//! [`EmulatorConfig::stats_listen`]:
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /stats` (`?summary=true` leaves out `messages`) | | [`Stats`] |
+//! | `GET /faults` | | [`Faults`] |
+//! | `POST /faults` | [`Faults`] JSON (durations as `*_ms`) | the faults now in force |
+//! | `POST /unregister/{token}` | | `{"unregistered":token}` |
+//! | `POST /upstream` | `{"from":..,"category":..,"data":{..}}` | `{"message_id":..}` |
+//! | `POST /drain` | | `{"ok":true}` (CONNECTION_DRAINING on every connection) |
+//! | `POST /drop` | | `{"ok":true}` (every connection dropped abruptly) |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), emulator::EmulatorError> {
@@ -106,7 +115,7 @@ pub const DEFAULT_MAX_PENDING: u64 = 100;
 /// `Default` suits tests: ephemeral port on 127.0.0.1, no stats endpoint, no
 /// CA file. [`EmulatorConfig::standalone`] gives the `gimmm emulator`
 /// defaults of SPEC §5.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EmulatorConfig {
     /// XMPP (direct TLS) listen address.
     pub listen: SocketAddr,
@@ -146,6 +155,30 @@ pub struct EmulatorConfig {
     pub tls_names: Vec<String>,
     /// Use this certificate instead of generating one.
     pub tls_identity: Option<TlsIdentity>,
+}
+
+impl std::fmt::Debug for EmulatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The server key is never printed.
+        f.debug_struct("EmulatorConfig")
+            .field("listen", &self.listen)
+            .field("sender_id", &self.sender_id)
+            .field("server_key", &"<redacted>")
+            .field("stats_listen", &self.stats_listen)
+            .field("ca_out", &self.ca_out)
+            .field("faults", &self.faults)
+            .field("receipt_category", &self.receipt_category)
+            .field("max_pending", &self.max_pending)
+            .field("drain_grace", &self.drain_grace)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("max_stanza_bytes", &self.max_stanza_bytes)
+            .field("upstream_ttl", &self.upstream_ttl)
+            .field("tls_names", &self.tls_names)
+            .field("tls_identity", &self.tls_identity)
+            .finish()
+    }
 }
 
 fn parse_addr(s: &str) -> SocketAddr {

@@ -280,4 +280,7 @@ async fn emulator_is_send_and_debug() {
     let emu = start(Faults::default()).await;
     let dbg = format!("{emu:?}");
     assert!(!dbg.contains("emulator-key"), "{dbg}");
+    let dbg = format!("{:?}", EmulatorConfig::default());
+    assert!(!dbg.contains("emulator-key"), "{dbg}");
+    assert!(dbg.contains("<redacted>"));
 }

@@ -223,9 +223,7 @@ async fn upstream_routed_held_offline_deduplicated_and_unroutable_kept() {
     let body = http_get(admin, "/api/v1/messages?state=unroutable").await;
     assert!(body.contains(&unroutable), "{body}");
 
-    // FCM resends an upstream message we already stored (the drop below
-    // happens after acks, so force a resend by dropping before acking):
-    // deliver a fresh upstream, drop the link at once, and check the BAL sees it once.
+    // Later upstream messages flow straight to the logged-on BAL.
     let again = env.emu.send_upstream("device-a", SESSION, data.clone());
     let m = recv(&mut c).await;
     let ToBal::Upstream { sequence_id, fcm_data, .. } = &m else { panic!("{m:?}") };
@@ -427,5 +425,34 @@ async fn bad_bal_input_gets_errors_and_others_are_unaffected() {
     other.downstream(None, msg("dev-o", "o-1")).await.unwrap();
     let m = recv_until(&mut other, |m| m.is_final()).await;
     assert!(matches!(m, ToBal::DownstreamAck { .. }));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn rate_exceeded_backs_off_that_target_only() {
+    let faults = Faults {
+        nack_fraction: 1.0,
+        nack_code: Some(ErrorCode::DeviceMessageRateExceeded),
+        ..Faults::default()
+    };
+    let env = start(faults, |c| {
+        c.retry.initial_ms = 400;
+        c.retry.max_ms = 400;
+    })
+    .await;
+    let mut c = env.bal().await;
+    c.downstream(None, msg("dev-hot", "rate-1")).await.unwrap();
+    env.wait_emu("first nack", |s| s.msg("rate-1").nacked >= 1).await;
+    env.emu.set_faults(Faults::default());
+    // dev-hot is backed off: a new message to it waits; another device does not.
+    c.downstream(None, msg("dev-hot", "rate-2")).await.unwrap();
+    c.downstream(None, msg("dev-cold", "rate-3")).await.unwrap();
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let m = recv_until(&mut c, |m| m.is_final()).await;
+        assert!(matches!(m, ToBal::DownstreamAck { .. }), "{m:?}");
+        order.push(m.message_id().unwrap().to_string());
+    }
+    assert_eq!(order[0], "rate-3", "the other target is not held back: {order:?}");
     env.stop().await;
 }
