@@ -30,7 +30,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
 pub type BoxStream = Box<dyn AsyncStream>;
 
 /// The future returned by [`Connector::connect`].
-pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = Result<BoxStream, XmppError>> + Send + 'a>>;
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<BoxStream, XmppError>> + Send + 'a>>;
 
 /// Opens transports to an XMPP server. Object-safe: links hold an
 /// `Arc<dyn Connector>`.

@@ -258,10 +258,7 @@ static RESOURCE_COUNTER: AtomicU64 = AtomicU64::new(1);
 impl ServerNegotiator {
     /// A negotiator accepting PLAIN credentials for which
     /// `check(authcid, password)` is true.
-    pub fn new(
-        params: ServerParams,
-        check: impl Fn(&str, &str) -> bool + Send + 'static,
-    ) -> Self {
+    pub fn new(params: ServerParams, check: impl Fn(&str, &str) -> bool + Send + 'static) -> Self {
         ServerNegotiator {
             params,
             check: Box::new(check),
@@ -336,13 +333,13 @@ impl ServerNegotiator {
                 let id = format!("{}-1", self.params.stream_id);
                 let mut out = writer::server_stream_header(&self.params.domain, &id);
                 out.push_str(&writer::bind_features());
-                (S::AwaitBind { authcid }, Ok(vec![Action::Send(out.into_bytes())]))
+                (
+                    S::AwaitBind { authcid },
+                    Ok(vec![Action::Send(out.into_bytes())]),
+                )
             }
             (S::AwaitBind { authcid }, Event::Iq(iq)) if iq.kind == "set" && iq.bind.is_some() => {
-                let requested = iq
-                    .bind
-                    .and_then(|b| b.resource)
-                    .filter(|r| !r.is_empty());
+                let requested = iq.bind.and_then(|b| b.resource).filter(|r| !r.is_empty());
                 let resource = requested.unwrap_or_else(|| {
                     format!("gimmm{}", RESOURCE_COUNTER.fetch_add(1, Ordering::Relaxed))
                 });
@@ -351,7 +348,10 @@ impl ServerNegotiator {
                 let result = writer::bind_result(iq.id.as_deref().unwrap_or_default(), &jid);
                 (
                     S::Ready,
-                    Ok(vec![Action::Send(result.into_bytes()), Action::Ready { jid }]),
+                    Ok(vec![
+                        Action::Send(result.into_bytes()),
+                        Action::Ready { jid },
+                    ]),
                 )
             }
             (s, ev) => (s, Err(unexpected("during negotiation", &ev))),
@@ -417,7 +417,9 @@ mod tests {
     fn client_happy_path() {
         let mut c = ClientNegotiator::new(params());
         let hdr = c.start();
-        assert!(String::from_utf8(hdr).unwrap().contains("to=\"fcm.googleapis.com\""));
+        assert!(String::from_utf8(hdr)
+            .unwrap()
+            .contains("to=\"fcm.googleapis.com\""));
         assert_eq!(c.handle(header()).unwrap(), vec![]);
         assert_eq!(c.handle(Event::Keepalive).unwrap(), vec![]);
         let a = c
@@ -505,7 +507,10 @@ mod tests {
 
         let mut c = ClientNegotiator::new(params());
         c.start();
-        assert!(matches!(c.handle(Event::SaslSuccess), Err(XmppError::Protocol(_))));
+        assert!(matches!(
+            c.handle(Event::SaslSuccess),
+            Err(XmppError::Protocol(_))
+        ));
         let mut c = ClientNegotiator::new(params());
         c.start();
         assert!(matches!(c.handle(Event::StreamEnd), Err(XmppError::Closed)));
@@ -536,7 +541,9 @@ mod tests {
         let Action::Send(b) = &a[0] else { panic!() };
         let text = String::from_utf8(b.clone()).unwrap();
         assert!(text.contains("<mechanism>PLAIN</mechanism>"), "{text}");
-        let a = s.handle(auth("123@fcm.googleapis.com", "s3cret-key")).unwrap();
+        let a = s
+            .handle(auth("123@fcm.googleapis.com", "s3cret-key"))
+            .unwrap();
         assert_eq!(
             a,
             vec![
@@ -573,10 +580,15 @@ mod tests {
         let a = s.handle(auth("123@fcm.googleapis.com", "wrong")).unwrap();
         assert_eq!(
             a,
-            vec![Action::Send(writer::sasl_failure("not-authorized").into_bytes())]
+            vec![Action::Send(
+                writer::sasl_failure("not-authorized").into_bytes()
+            )]
         );
         assert_eq!(s.failed(), Some("not-authorized"));
-        assert!(matches!(s.handle(Event::StreamEnd), Err(XmppError::AuthFailed(_))));
+        assert!(matches!(
+            s.handle(Event::StreamEnd),
+            Err(XmppError::AuthFailed(_))
+        ));
 
         let mut s = server(true);
         s.handle(header()).unwrap();
@@ -625,9 +637,13 @@ mod tests {
                 bind: Some(Bind::default()),
             }))
             .unwrap();
-        let Action::Ready { jid } = &a[1] else { panic!() };
+        let Action::Ready { jid } = &a[1] else {
+            panic!()
+        };
         assert!(jid.starts_with("sender@example.org/gimmm"), "{jid}");
         let Action::Send(b) = &a[0] else { panic!() };
-        assert!(String::from_utf8(b.clone()).unwrap().starts_with("<iq type=\"result\"><bind"));
+        assert!(String::from_utf8(b.clone())
+            .unwrap()
+            .starts_with("<iq type=\"result\"><bind"));
     }
 }

@@ -463,14 +463,22 @@ impl StanzaReader {
                     }
                     // Name start (or garbage quick-xml will reject): re-read
                     // this byte as part of the start tag.
-                    _ => lex = Lex::StartTag { quote: 0, slash: false },
+                    _ => {
+                        lex = Lex::StartTag {
+                            quote: 0,
+                            slash: false,
+                        }
+                    }
                 },
                 Lex::StartTag { quote, slash } => {
                     if quote != 0 {
                         match buf[pos..].iter().position(|&c| c == quote) {
                             Some(i) => {
                                 pos += i + 1;
-                                lex = Lex::StartTag { quote: 0, slash: false };
+                                lex = Lex::StartTag {
+                                    quote: 0,
+                                    slash: false,
+                                };
                             }
                             None => pos = len,
                         }
@@ -478,8 +486,18 @@ impl StanzaReader {
                     }
                     pos += 1;
                     match b {
-                        b'"' | b'\'' => lex = Lex::StartTag { quote: b, slash: false },
-                        b'/' => lex = Lex::StartTag { quote: 0, slash: true },
+                        b'"' | b'\'' => {
+                            lex = Lex::StartTag {
+                                quote: b,
+                                slash: false,
+                            }
+                        }
+                        b'/' => {
+                            lex = Lex::StartTag {
+                                quote: 0,
+                                slash: true,
+                            }
+                        }
                         b'>' => {
                             if depth == 0 && in_prolog {
                                 break Ok(Step::Header { empty: slash });
@@ -498,7 +516,10 @@ impl StanzaReader {
                         }
                         _ => {
                             if slash {
-                                lex = Lex::StartTag { quote: 0, slash: false };
+                                lex = Lex::StartTag {
+                                    quote: 0,
+                                    slash: false,
+                                };
                             }
                         }
                     }
@@ -513,7 +534,9 @@ impl StanzaReader {
                     }
                     if depth == 0 {
                         if in_prolog {
-                            break Err(XmppError::Xml("end tag before the stream header".to_owned()));
+                            break Err(XmppError::Xml(
+                                "end tag before the stream header".to_owned(),
+                            ));
                         }
                         break Ok(Step::StreamClose);
                     }
@@ -533,7 +556,9 @@ impl StanzaReader {
                 Lex::Comment { dashes } => {
                     pos += 1;
                     lex = match b {
-                        b'-' => Lex::Comment { dashes: (dashes + 1).min(2) },
+                        b'-' => Lex::Comment {
+                            dashes: (dashes + 1).min(2),
+                        },
                         b'>' if dashes >= 2 => {
                             if depth == 0 {
                                 break Ok(Step::Skip);
@@ -558,7 +583,9 @@ impl StanzaReader {
                 Lex::CData { brackets } => {
                     pos += 1;
                     lex = match b {
-                        b']' => Lex::CData { brackets: (brackets + 1).min(2) },
+                        b']' => Lex::CData {
+                            brackets: (brackets + 1).min(2),
+                        },
                         b'>' if brackets >= 2 => Lex::Text,
                         _ => Lex::CData { brackets: 0 },
                     };
@@ -711,9 +738,7 @@ impl Element {
     }
 
     fn child(&self, ns: &str, name: &str) -> Option<&Element> {
-        self.children
-            .iter()
-            .find(|c| c.ns == ns && c.name == name)
+        self.children.iter().find(|c| c.ns == ns && c.name == name)
     }
 
     fn child_text(&self, ns: &str, name: &str) -> Option<String> {
@@ -822,11 +847,7 @@ fn parse_stanza(text: &str, decls: &[NsDecl]) -> Result<Event, XmppError> {
     Ok(classify(root))
 }
 
-fn attach(
-    stack: &mut [Element],
-    root: &mut Option<Element>,
-    el: Element,
-) -> Result<(), XmppError> {
+fn attach(stack: &mut [Element], root: &mut Option<Element>, el: Element) -> Result<(), XmppError> {
     match stack.last_mut() {
         Some(parent) => parent.children.push(el),
         None if root.is_none() => *root = Some(el),
@@ -883,7 +904,11 @@ fn classify(el: Element) -> Event {
         },
         (ns::SASL, "auth") => Event::Auth {
             mechanism: el.attr("mechanism").unwrap_or_default().to_owned(),
-            payload: el.text.chars().filter(|c| !c.is_ascii_whitespace()).collect(),
+            payload: el
+                .text
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect(),
         },
         (ns::SASL, "success") => Event::SaslSuccess,
         (ns::SASL, "failure") => Event::SaslFailure {
@@ -926,12 +951,18 @@ mod tests {
     #[test]
     fn header_then_message() {
         let mut input = HDR.to_vec();
-        input.extend_from_slice(b"<message id='1'><gcm xmlns='google:mobile:data'> {&quot;a&quot;:1} </gcm></message>");
+        input.extend_from_slice(
+            b"<message id='1'><gcm xmlns='google:mobile:data'> {&quot;a&quot;:1} </gcm></message>",
+        );
         let ev = events(&input);
         assert_eq!(
             ev,
             vec![
-                Event::StreamStart { id: Some("x".into()), from: None, to: None },
+                Event::StreamStart {
+                    id: Some("x".into()),
+                    from: None,
+                    to: None
+                },
                 Event::Message(Message {
                     id: Some("1".into()),
                     gcm: Some("{\"a\":1}".into()),

@@ -93,8 +93,13 @@ pub fn escape_attr(s: &str) -> String {
 /// NCName subset; anything else becomes `fallback`.
 fn condition_name<'a>(condition: &'a str, fallback: &'a str) -> &'a str {
     let ok = !condition.is_empty()
-        && condition.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && condition.bytes().next().is_some_and(|b| b.is_ascii_alphabetic());
+        && condition
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && condition
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic());
     if ok {
         condition
     } else {
@@ -296,12 +301,15 @@ mod tests {
 
     #[test]
     fn escapes_text_and_attributes() {
-        assert_eq!(escape_text("a&b<c>d\"e'f\r\n"), "a&amp;b&lt;c&gt;d\"e'f&#13;\n");
         assert_eq!(
-            escape_attr("a\"b'c\n\td<"),
-            "a&quot;b&apos;c&#10;&#9;d&lt;"
+            escape_text("a&b<c>d\"e'f\r\n"),
+            "a&amp;b&lt;c&gt;d\"e'f&#13;\n"
         );
-        assert_eq!(escape_text("x\u{1}y\u{FFFF}z\u{FFFE}é"), "x\u{FFFD}y\u{FFFD}z\u{FFFD}é");
+        assert_eq!(escape_attr("a\"b'c\n\td<"), "a&quot;b&apos;c&#10;&#9;d&lt;");
+        assert_eq!(
+            escape_text("x\u{1}y\u{FFFF}z\u{FFFE}é"),
+            "x\u{FFFD}y\u{FFFD}z\u{FFFD}é"
+        );
         assert_eq!(escape_text("\u{FFFD}\u{EFBF}ü"), "\u{FFFD}\u{EFBF}ü");
         assert_eq!(escape_text(""), "");
     }
@@ -318,7 +326,10 @@ mod tests {
         );
         let mut v = b"x".to_vec();
         append_gcm_message(&mut v, Some("1"), "{}");
-        assert_eq!(v, [b"x".as_slice(), gcm_message(Some("1"), "{}").as_bytes()].concat());
+        assert_eq!(
+            v,
+            [b"x".as_slice(), gcm_message(Some("1"), "{}").as_bytes()].concat()
+        );
         assert_eq!(
             sasl_failure("bad name"),
             "<failure xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"><not-authorized/></failure>"

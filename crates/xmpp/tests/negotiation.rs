@@ -56,50 +56,68 @@ where
 }
 
 /// After negotiation: a downstream message, an ack back with the prefixed
-/// form, keepalives, and a clean close.
-async fn exchange<A, B>(mut client: XmppStream<A>, mut server: XmppStream<B>)
+/// form, keepalives, and a clean close. Both sides run concurrently (a tiny
+/// pipe blocks a writer until the other side reads).
+async fn exchange<A, B>(client: XmppStream<A>, mut server: XmppStream<B>)
 where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let json = r#"{"to":"tok<&>","message_id":"m1","data":{"k":"v"}}"#;
-    let mut out = Vec::new();
-    writer::append_gcm_message(&mut out, Some("m1"), json);
-    client.send(&out).await.unwrap();
-    client.send(writer::KEEPALIVE).await.unwrap();
-    assert_eq!(
-        server.next_event().await.unwrap(),
-        Event::Message(Message {
-            id: Some("m1".into()),
-            gcm: Some(json.into()),
-            ..Message::default()
-        })
-    );
-    assert_eq!(server.next_event().await.unwrap(), Event::Keepalive);
     let ack = r#"{"from":"tok<&>","message_id":"m1","message_type":"ack"}"#;
-    server
-        .send(writer::gcm_message_prefixed(None, ack).as_bytes())
-        .await
-        .unwrap();
-    server.send(writer::STREAM_END.as_bytes()).await.unwrap();
-    // The reader may be carried on after into_parts.
-    let (io, reader) = client.into_parts();
-    let mut client = XmppStream::from_parts(io, reader);
-    let mut got = client.next_event().await.unwrap();
-    while got == Event::Keepalive {
-        got = client.next_event().await.unwrap();
-    }
-    assert_eq!(
-        got,
-        Event::Message(Message {
-            gcm: Some(ack.into()),
-            ..Message::default()
-        })
-    );
-    assert_eq!(client.next_event().await.unwrap(), Event::StreamEnd);
+    let client_side = async move {
+        let mut client = client;
+        let mut out = Vec::new();
+        writer::append_gcm_message(&mut out, Some("m1"), json);
+        client.send(&out).await.unwrap();
+        client.send(writer::KEEPALIVE).await.unwrap();
+        // The reader may be carried on after into_parts.
+        let (io, reader) = client.into_parts();
+        let mut client = XmppStream::from_parts(io, reader);
+        let mut got = client.next_event().await.unwrap();
+        while got == Event::Keepalive {
+            got = client.next_event().await.unwrap();
+        }
+        assert_eq!(
+            got,
+            Event::Message(Message {
+                gcm: Some(ack.into()),
+                ..Message::default()
+            })
+        );
+        assert_eq!(client.next_event().await.unwrap(), Event::StreamEnd);
+    };
+    let server_side = async move {
+        assert_eq!(
+            server.next_event().await.unwrap(),
+            Event::Message(Message {
+                id: Some("m1".into()),
+                gcm: Some(json.into()),
+                ..Message::default()
+            })
+        );
+        assert_eq!(server.next_event().await.unwrap(), Event::Keepalive);
+        server
+            .send(writer::gcm_message_prefixed(None, ack).as_bytes())
+            .await
+            .unwrap();
+        server.send(writer::STREAM_END.as_bytes()).await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(client_side, server_side)
+    })
+    .await
+    .unwrap();
 }
 
-async fn negotiate_pair<A, B>(a: A, b: B, password: &str) -> (Result<(String, XmppStream<A>), XmppError>, Result<(String, XmppStream<B>), XmppError>)
+async fn negotiate_pair<A, B>(
+    a: A,
+    b: B,
+    password: &str,
+) -> (
+    Result<(String, XmppStream<A>), XmppError>,
+    Result<(String, XmppStream<B>), XmppError>,
+)
 where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -119,7 +137,10 @@ async fn duplex_success() {
     let (cjid, c) = client.unwrap();
     let (sjid, s) = server.unwrap();
     assert_eq!(cjid, sjid);
-    assert!(cjid.starts_with("123456789012@fcm.googleapis.com/"), "{cjid}");
+    assert!(
+        cjid.starts_with("123456789012@fcm.googleapis.com/"),
+        "{cjid}"
+    );
     exchange(c, s).await;
 }
 
@@ -139,16 +160,24 @@ async fn duplex_with_tiny_pipe_splits_everything() {
 #[tokio::test]
 async fn duplex_wrong_password() {
     let (a, b) = tokio::io::duplex(64 * 1024);
-    let (client, server) =
-        tokio::time::timeout(Duration::from_secs(10), negotiate_pair(a, b, "wrong-password"))
-            .await
-            .unwrap();
+    let (client, server) = tokio::time::timeout(
+        Duration::from_secs(10),
+        negotiate_pair(a, b, "wrong-password"),
+    )
+    .await
+    .unwrap();
     let err = client.err().unwrap();
-    assert!(matches!(&err, XmppError::AuthFailed(c) if c == "not-authorized"), "{err}");
+    assert!(
+        matches!(&err, XmppError::AuthFailed(c) if c == "not-authorized"),
+        "{err}"
+    );
     assert!(!err.to_string().contains("wrong-password"));
     assert!(!format!("{err:?}").contains("wrong-password"));
     let err = server.err().unwrap();
-    assert!(matches!(&err, XmppError::AuthFailed(c) if c == "not-authorized"), "{err}");
+    assert!(
+        matches!(&err, XmppError::AuthFailed(c) if c == "not-authorized"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -185,7 +214,10 @@ async fn client_handles_server_keepalives_and_xml_declarations() {
     let (a, mut b) = tokio::io::duplex(4096);
     let client = tokio::spawn(client_side(a, KEY));
     let mut srv = XmppStream::new(&mut b, LIMIT);
-    assert!(matches!(srv.next_event().await.unwrap(), Event::StreamStart { .. }));
+    assert!(matches!(
+        srv.next_event().await.unwrap(),
+        Event::StreamStart { .. }
+    ));
     srv.send(concat!(
         "<?xml version='1.0'?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en' id='a' xmlns='jabber:client' version='1.0' from='fcm.googleapis.com'>",
         " <stream:features><register xmlns='http://jabber.org/features/iq-register'/>",
@@ -194,22 +226,36 @@ async fn client_handles_server_keepalives_and_xml_declarations() {
     .await
     .unwrap();
     let ev = srv.next_event().await.unwrap();
-    assert!(matches!(ev, Event::Auth { ref mechanism, .. } if mechanism == "PLAIN"), "{ev:?}");
+    assert!(
+        matches!(ev, Event::Auth { ref mechanism, .. } if mechanism == "PLAIN"),
+        "{ev:?}"
+    );
     srv.send(writer::sasl_success().as_bytes()).await.unwrap();
     srv.reader_mut().reset();
-    assert!(matches!(srv.next_event().await.unwrap(), Event::StreamStart { .. }));
+    assert!(matches!(
+        srv.next_event().await.unwrap(),
+        Event::StreamStart { .. }
+    ));
     srv.send(concat!(
         "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' id='b' xmlns='jabber:client' version='1.0' from='fcm.googleapis.com'>",
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><required/></bind><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><sm xmlns='urn:xmpp:sm:3'/></stream:features>\n",
     ).as_bytes())
     .await
     .unwrap();
-    let Event::Iq(iq) = srv.next_event().await.unwrap() else { panic!() };
+    let Event::Iq(iq) = srv.next_event().await.unwrap() else {
+        panic!()
+    };
     assert_eq!(iq.kind, "set");
     srv.send(b" \n").await.unwrap();
-    srv.send(writer::bind_result(iq.id.as_deref().unwrap(), "123456789012@fcm.googleapis.com/x").as_bytes())
-        .await
-        .unwrap();
+    srv.send(
+        writer::bind_result(
+            iq.id.as_deref().unwrap(),
+            "123456789012@fcm.googleapis.com/x",
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let (jid, _) = client.await.unwrap().unwrap();
     assert_eq!(jid, "123456789012@fcm.googleapis.com/x");
 }
@@ -224,10 +270,13 @@ async fn server_refuses_oversized_stanza() {
     a.write_all(writer::client_stream_header("fcm.googleapis.com").as_bytes())
         .await
         .unwrap();
-    a.write_all(&vec![b'<'; 1]).await.unwrap();
+    a.write_all(b"<").await.unwrap();
     a.write_all(&vec![b'a'; 4096]).await.unwrap();
     let err = server.await.unwrap().unwrap_err();
-    assert!(matches!(err, XmppError::StanzaTooLarge { limit: 512 }), "{err}");
+    assert!(
+        matches!(err, XmppError::StanzaTooLarge { limit: 512 }),
+        "{err}"
+    );
 }
 
 // ---- TLS -------------------------------------------------------------------------
@@ -282,11 +331,16 @@ async fn tls_server(pki: &Pki) -> (u16, tokio::task::JoinHandle<Result<String, X
     (port, task)
 }
 
-async fn tls_roundtrip(connector: &dyn Connector, host: &str, port: u16) -> Result<String, XmppError> {
+async fn tls_roundtrip(
+    connector: &dyn Connector,
+    host: &str,
+    port: u16,
+) -> Result<String, XmppError> {
     let io = connector.connect(host, port).await?;
     let mut c = XmppStream::new(io, LIMIT);
     let jid = c.negotiate_client(client_params(KEY)).await?;
-    c.send(writer::gcm_message(Some("1"), "{}").as_bytes()).await?;
+    c.send(writer::gcm_message(Some("1"), "{}").as_bytes())
+        .await?;
     assert_eq!(c.next_event().await?, Event::StreamEnd);
     Ok(jid)
 }
@@ -297,10 +351,13 @@ async fn tls_on_loopback_with_ca_pem() {
     let connector = DirectTls::with_ca_pem(pki.ca_pem.as_bytes()).unwrap();
     for host in ["localhost", "127.0.0.1"] {
         let (port, server) = tls_server(&pki).await;
-        let jid = tokio::time::timeout(Duration::from_secs(10), tls_roundtrip(&connector, host, port))
-            .await
-            .unwrap()
-            .unwrap();
+        let jid = tokio::time::timeout(
+            Duration::from_secs(10),
+            tls_roundtrip(&connector, host, port),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(server.await.unwrap().unwrap(), jid);
     }
 }
@@ -313,14 +370,19 @@ async fn tls_with_ca_file_and_system_roots() {
     std::fs::write(&ca_path, &pki.ca_pem).unwrap();
     let connector: Box<dyn Connector> = Box::new(DirectTls::new(Some(&ca_path)).unwrap());
     let (port, server) = tls_server(&pki).await;
-    let jid = tls_roundtrip(connector.as_ref(), "localhost", port).await.unwrap();
+    let jid = tls_roundtrip(connector.as_ref(), "localhost", port)
+        .await
+        .unwrap();
     assert_eq!(server.await.unwrap().unwrap(), jid);
 
     assert!(matches!(
         DirectTls::new(Some(&dir.path().join("missing.pem"))),
         Err(XmppError::Tls(_))
     ));
-    assert!(matches!(DirectTls::with_ca_pem(b"not a pem"), Err(XmppError::Tls(_))));
+    assert!(matches!(
+        DirectTls::with_ca_pem(b"not a pem"),
+        Err(XmppError::Tls(_))
+    ));
 }
 
 #[tokio::test]
@@ -329,7 +391,9 @@ async fn tls_rejects_untrusted_certificate_and_wrong_name() {
     let other = self::pki();
     let (port, server) = tls_server(&pki).await;
     let connector = DirectTls::with_ca_pem(other.ca_pem.as_bytes()).unwrap();
-    let err = tls_roundtrip(&connector, "localhost", port).await.unwrap_err();
+    let err = tls_roundtrip(&connector, "localhost", port)
+        .await
+        .unwrap_err();
     assert!(matches!(err, XmppError::Tls(_)), "{err}");
     assert!(server.await.unwrap().is_err());
 
@@ -345,8 +409,14 @@ async fn tls_rejects_untrusted_certificate_and_wrong_name() {
 #[tokio::test]
 async fn server_config_rejects_garbage() {
     let pki = pki();
-    assert!(matches!(server_config(b"", pki.key_pem.as_bytes()), Err(XmppError::Tls(_))));
-    assert!(matches!(server_config(pki.cert_pem.as_bytes(), b""), Err(XmppError::Tls(_))));
+    assert!(matches!(
+        server_config(b"", pki.key_pem.as_bytes()),
+        Err(XmppError::Tls(_))
+    ));
+    assert!(matches!(
+        server_config(pki.cert_pem.as_bytes(), b""),
+        Err(XmppError::Tls(_))
+    ));
 }
 
 #[tokio::test]
@@ -360,4 +430,70 @@ async fn plain_tcp_connector() {
     let io = PlainTcp.connect("127.0.0.1", port).await.unwrap();
     let (jid, _) = client_side(io, KEY).await.unwrap();
     assert_eq!(server.await.unwrap().unwrap(), jid);
+}
+
+#[tokio::test]
+async fn bytes_after_bind_result_survive_into_parts() {
+    // The server sends the bind result and a message in one write; the
+    // message must still be there after into_parts.
+    let (a, mut b) = tokio::io::duplex(64 * 1024);
+    let client = tokio::spawn(client_side(a, KEY));
+    let mut srv = XmppStream::new(&mut b, LIMIT);
+    assert!(matches!(
+        srv.next_event().await.unwrap(),
+        Event::StreamStart { .. }
+    ));
+    srv.send(
+        format!(
+            "{}{}",
+            writer::server_stream_header("fcm.googleapis.com", "1"),
+            writer::sasl_features(&["PLAIN"])
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        srv.next_event().await.unwrap(),
+        Event::Auth { .. }
+    ));
+    srv.send(writer::sasl_success().as_bytes()).await.unwrap();
+    srv.reader_mut().reset();
+    assert!(matches!(
+        srv.next_event().await.unwrap(),
+        Event::StreamStart { .. }
+    ));
+    srv.send(
+        format!(
+            "{}{}",
+            writer::server_stream_header("fcm.googleapis.com", "2"),
+            writer::bind_features()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let Event::Iq(iq) = srv.next_event().await.unwrap() else {
+        panic!()
+    };
+    srv.send(
+        format!(
+            "{}{}",
+            writer::bind_result(iq.id.as_deref().unwrap(), "1@fcm.googleapis.com/r"),
+            writer::gcm_message(
+                None,
+                r#"{"message_type":"control","control_type":"CONNECTION_DRAINING"}"#
+            )
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (jid, stream) = client.await.unwrap().unwrap();
+    assert_eq!(jid, "1@fcm.googleapis.com/r");
+    let (_io, mut reader) = stream.into_parts();
+    let Some(Event::Message(m)) = reader.next_event().unwrap() else {
+        panic!("message lost")
+    };
+    assert!(m.gcm.unwrap().contains("CONNECTION_DRAINING"));
 }

@@ -279,7 +279,10 @@ fn several_stanzas_in_one_feed_and_keepalives() {
 fn keepalive_reported_as_soon_as_it_arrives() {
     let mut r = StanzaReader::new(1024);
     r.feed(HDR.as_bytes());
-    assert!(matches!(r.next_event().unwrap(), Some(Event::StreamStart { .. })));
+    assert!(matches!(
+        r.next_event().unwrap(),
+        Some(Event::StreamStart { .. })
+    ));
     assert_eq!(r.next_event().unwrap(), None);
     for _ in 0..3 {
         r.feed(writer::KEEPALIVE);
@@ -292,17 +295,35 @@ fn keepalive_reported_as_soon_as_it_arrives() {
 #[test]
 fn gcm_under_any_prefix_and_only_in_its_namespace() {
     let cases: &[(&str, Option<&str>)] = &[
-        ("<message><gcm xmlns='google:mobile:data'>1</gcm></message>", Some("1")),
-        ("<message><data:gcm xmlns:data='google:mobile:data'>2</data:gcm></message>", Some("2")),
-        ("<message xmlns:g='google:mobile:data'><g:gcm>3</g:gcm></message>", Some("3")),
-        ("<message xmlns:g='google:mobile:data'><body>x</body><g:gcm> 4 </g:gcm></message>", Some("4")),
+        (
+            "<message><gcm xmlns='google:mobile:data'>1</gcm></message>",
+            Some("1"),
+        ),
+        (
+            "<message><data:gcm xmlns:data='google:mobile:data'>2</data:gcm></message>",
+            Some("2"),
+        ),
+        (
+            "<message xmlns:g='google:mobile:data'><g:gcm>3</g:gcm></message>",
+            Some("3"),
+        ),
+        (
+            "<message xmlns:g='google:mobile:data'><body>x</body><g:gcm> 4 </g:gcm></message>",
+            Some("4"),
+        ),
         // prefix declared on the stream header itself
         ("<message><gg:gcm>5</gg:gcm></message>", Some("5")),
         // wrong or missing namespace: not FCM's gcm
         ("<message><gcm>6</gcm></message>", None),
         ("<message><gcm xmlns='urn:other'>7</gcm></message>", None),
-        ("<message><x:gcm xmlns:x='google:mobile:datax'>8</x:gcm></message>", None),
-        ("<message><data xmlns='google:mobile:data'>9</data></message>", None),
+        (
+            "<message><x:gcm xmlns:x='google:mobile:datax'>8</x:gcm></message>",
+            None,
+        ),
+        (
+            "<message><data xmlns='google:mobile:data'>9</data></message>",
+            None,
+        ),
     ];
     for (stanza, want) in cases {
         let input = format!(
@@ -365,7 +386,11 @@ fn prosody_style_features_are_tolerated() {
                 to: None
             },
             Event::Features(Features {
-                mechanisms: vec!["SCRAM-SHA-1-PLUS".into(), "SCRAM-SHA-1".into(), "PLAIN".into()],
+                mechanisms: vec![
+                    "SCRAM-SHA-1-PLUS".into(),
+                    "SCRAM-SHA-1".into(),
+                    "PLAIN".into()
+                ],
                 bind: false,
                 session: false
             }),
@@ -490,7 +515,10 @@ fn comments_inside_stanzas_are_ignored() {
 fn nothing_after_stream_end() {
     let mut r = StanzaReader::new(1024);
     r.feed(&with_hdr("</stream:stream><message/>garbage<<<"));
-    assert!(matches!(r.next_event().unwrap(), Some(Event::StreamStart { .. })));
+    assert!(matches!(
+        r.next_event().unwrap(),
+        Some(Event::StreamStart { .. })
+    ));
     assert_eq!(r.next_event().unwrap(), Some(Event::StreamEnd));
     assert_eq!(r.next_event().unwrap(), None);
     r.feed(b"more garbage");
@@ -504,12 +532,16 @@ fn nothing_after_stream_end() {
 fn stanza_size_limit_is_exact() {
     // The header counts against the same limit, so make the stanza longer.
     let pad = "x".repeat(HDR.len());
-    let stanza = format!("<message id='{pad}'><gcm xmlns='google:mobile:data'>{{}}</gcm></message>");
+    let stanza =
+        format!("<message id='{pad}'><gcm xmlns='google:mobile:data'>{{}}</gcm></message>");
     let n = stanza.len();
     let ok = run(n, &with_hdr(&stanza)).unwrap();
     assert!(matches!(ok[1], Event::Message(_)));
     let err = run(n - 1, &with_hdr(&stanza)).unwrap_err();
-    assert!(matches!(err, XmppError::StanzaTooLarge { limit } if limit == n - 1), "{err}");
+    assert!(
+        matches!(err, XmppError::StanzaTooLarge { limit } if limit == n - 1),
+        "{err}"
+    );
 }
 
 #[test]
@@ -517,7 +549,10 @@ fn oversize_incomplete_stanza_is_refused_before_it_completes() {
     let max = 256;
     let mut r = StanzaReader::new(max);
     r.feed(HDR.as_bytes());
-    assert!(matches!(r.next_event().unwrap(), Some(Event::StreamStart { .. })));
+    assert!(matches!(
+        r.next_event().unwrap(),
+        Some(Event::StreamStart { .. })
+    ));
     r.feed(b"<message><gcm xmlns='google:mobile:data'>");
     assert_eq!(r.next_event().unwrap(), None);
     let mut fed = 0;
@@ -558,7 +593,10 @@ fn oversize_inside_attribute_and_comment_and_header() {
         format!("<message></{long}"),
     ] {
         let err = first_error(1024, &with_hdr(&body));
-        assert!(matches!(err, XmppError::StanzaTooLarge { .. }), "{body:.30}: {err}");
+        assert!(
+            matches!(err, XmppError::StanzaTooLarge { .. }),
+            "{body:.30}: {err}"
+        );
     }
     let err = first_error(100, format!("<stream:stream id='{long}'").as_bytes());
     assert!(matches!(err, XmppError::StanzaTooLarge { .. }));
@@ -642,7 +680,11 @@ fn processing_instructions_are_refused() {
         assert!(matches!(err, XmppError::Forbidden(_)), "{err}");
     }
     // The XML declaration before a header is fine, also after a restart.
-    let ok = run(4096, format!("<?xml version='1.0' encoding='UTF-8'?>\n{HDR}").as_bytes()).unwrap();
+    let ok = run(
+        4096,
+        format!("<?xml version='1.0' encoding='UTF-8'?>\n{HDR}").as_bytes(),
+    )
+    .unwrap();
     assert_eq!(ok.len(), 1);
 }
 
@@ -668,9 +710,15 @@ fn malformed_input_is_an_xml_error() {
     bad.extend_from_slice(b"</gcm></message>");
     assert!(matches!(first_error(4096, &bad), XmppError::Xml(_)));
     // header problems
-    assert!(matches!(first_error(4096, b"<foo>"), XmppError::Protocol(_)));
+    assert!(matches!(
+        first_error(4096, b"<foo>"),
+        XmppError::Protocol(_)
+    ));
     assert!(matches!(first_error(4096, b"hello"), XmppError::Xml(_)));
-    assert!(matches!(first_error(4096, b"</stream:stream>"), XmppError::Xml(_)));
+    assert!(matches!(
+        first_error(4096, b"</stream:stream>"),
+        XmppError::Xml(_)
+    ));
 }
 
 proptest! {
@@ -684,7 +732,7 @@ proptest! {
         points in proptest::collection::vec(0usize..600, 0..8),
     ) {
         let input = with_hdr("");
-        let mut all = input.clone();
+        let mut all = input;
         all.extend_from_slice(&body);
         let points = points.into_iter().filter(|p| *p <= all.len()).collect();
         let _ = run_chunks(256, split_at_points(&all, points));
@@ -764,10 +812,77 @@ proptest! {
 #[test]
 fn roundtrip_of_entities_and_markup_in_json() {
     let json = r#"{"to":"a<b>&c","data":{"x":"]]>","y":"&amp; &lt;","z":"'\"\r\n"}}"#;
-    assert_eq!(roundtrip("i&<>\"'\n\t", json, false).gcm.as_deref(), Some(json));
+    assert_eq!(
+        roundtrip("i&<>\"'\n\t", json, false).gcm.as_deref(),
+        Some(json)
+    );
     assert_eq!(roundtrip("2", json, true).gcm.as_deref(), Some(json));
     assert_eq!(
         roundtrip("i&<>\"'\n\t\r", json, true).id.as_deref(),
         Some("i&<>\"'\n\t\r")
     );
+}
+
+// ---- generated sessions ------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Gen {
+    id: Option<String>,
+    json: String,
+    prefixed: bool,
+    keepalive: bool,
+}
+
+fn gen_stanza() -> impl Strategy<Value = Gen> {
+    (
+        proptest::option::of("[a-z0-9:&<>\"' -]{0,12}"),
+        r#"\{"[a-z]{1,5}":"[^\x00-\x1f]{0,30}"\}"#,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(id, json, prefixed, keepalive)| Gen {
+            id,
+            json,
+            prefixed,
+            keepalive,
+        })
+}
+
+proptest! {
+    /// Writer-made sessions of random messages, fed in random chunks, give
+    /// back exactly what was written.
+    #[test]
+    fn generated_sessions_survive_any_split(
+        stanzas in proptest::collection::vec(gen_stanza(), 1..12),
+        points in proptest::collection::vec(0usize..4000, 0..30),
+    ) {
+        let mut input = HDR.as_bytes().to_vec();
+        let mut expected = vec![Event::StreamStart {
+            id: Some("i".into()),
+            from: Some("x".into()),
+            to: None,
+        }];
+        for g in &stanzas {
+            let s = if g.prefixed {
+                writer::gcm_message_prefixed(g.id.as_deref(), &g.json)
+            } else {
+                writer::gcm_message(g.id.as_deref(), &g.json)
+            };
+            input.extend_from_slice(s.as_bytes());
+            expected.push(Event::Message(Message {
+                id: g.id.clone(),
+                gcm: Some(g.json.clone()),
+                ..Message::default()
+            }));
+            if g.keepalive {
+                input.extend_from_slice(writer::KEEPALIVE);
+                expected.push(Event::Keepalive);
+            }
+        }
+        input.extend_from_slice(writer::STREAM_END.as_bytes());
+        expected.push(Event::StreamEnd);
+        let points = points.into_iter().filter(|p| *p <= input.len()).collect();
+        let got = run_chunks(4096, split_at_points(&input, points)).unwrap();
+        prop_assert_eq!(got, expected);
+    }
 }
