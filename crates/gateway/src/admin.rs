@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
@@ -40,12 +40,162 @@ impl AdminState {
     }
 }
 
+/// Every metric the recorder exports, with its kind and help text. The
+/// gauges derived from the engine's state at scrape time are in
+/// `render_state`; together they are the list in docs/OPERATIONS.md.
+pub const METRICS: &[(&str, &str, &str)] = &[
+    (
+        "gimmm_downstream_received_total",
+        "counter",
+        "DOWNSTREAM messages received from BALs (invalid ones and idempotent resends included)",
+    ),
+    (
+        "gimmm_downstream_sent_total",
+        "counter",
+        "Downstream stanzas written to CCS, resends and retries included",
+    ),
+    (
+        "gimmm_downstream_final_total",
+        "counter",
+        "Final downstream results by state (ack, reject)",
+    ),
+    (
+        "gimmm_downstream_rejected_total",
+        "counter",
+        "DOWNSTREAM_REJECTs by error code (validation, final nacks, MAX_RETRIES, EXPIRED)",
+    ),
+    (
+        "gimmm_nacks_total",
+        "counter",
+        "Nacks received from CCS by error code",
+    ),
+    (
+        "gimmm_retries_total",
+        "counter",
+        "Downstream retries scheduled after a retryable nack",
+    ),
+    (
+        "gimmm_upstream_received_total",
+        "counter",
+        "Upstream messages received from CCS (resends by FCM included)",
+    ),
+    (
+        "gimmm_upstream_unroutable_total",
+        "counter",
+        "Upstream messages and receipts for no configured session, stored as unroutable",
+    ),
+    (
+        "gimmm_receipts_received_total",
+        "counter",
+        "Delivery receipts received from CCS",
+    ),
+    (
+        "gimmm_link_ready_total",
+        "counter",
+        "CCS connections that became ready (authenticated and bound)",
+    ),
+    (
+        "gimmm_link_connect_failures_total",
+        "counter",
+        "Failed CCS connection attempts (auth=true: FCM refused the credentials)",
+    ),
+    (
+        "gimmm_link_reconnects_total",
+        "counter",
+        "CCS connections lost unexpectedly and reopened",
+    ),
+    (
+        "gimmm_link_drains_total",
+        "counter",
+        "CONNECTION_DRAINING control messages received",
+    ),
+    (
+        "gimmm_bal_logon_failures_total",
+        "counter",
+        "Refused BAL LOGONs (unknown session or wrong token)",
+    ),
+    (
+        "gimmm_links",
+        "gauge",
+        "CCS connections open or being opened",
+    ),
+    (
+        "gimmm_bal_sessions_connected",
+        "gauge",
+        "BAL sessions with a logged-on connection",
+    ),
+    (
+        "gimmm_store_commit_seconds",
+        "histogram",
+        "Time to commit one store batch (one fsync)",
+    ),
+    (
+        "gimmm_store_batch_group_size",
+        "histogram",
+        "Engine batches committed together in one store transaction",
+    ),
+];
+
+/// Buckets of the store commit latency histogram, in seconds.
+const COMMIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Buckets of the store group size histogram.
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// How often histogram samples are folded into their buckets even when
+/// nobody scrapes (the recorder otherwise buffers every sample).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
-        .as_ref()
+    HANDLE.get_or_init(install).as_ref()
+}
+
+fn install() -> Option<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("gimmm_store_commit_seconds".into()),
+            COMMIT_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("gimmm_store_batch_group_size".into()),
+                GROUP_BUCKETS,
+            )
+        })
+        .ok()?
+        .install_recorder()
+        .ok()?;
+    for (name, kind, help) in METRICS {
+        match *kind {
+            "counter" => metrics::describe_counter!(*name, *help),
+            "gauge" => metrics::describe_gauge!(*name, *help),
+            _ => metrics::describe_histogram!(*name, *help),
+        }
+    }
+    // Counters without labels (and the two final states) exist from the
+    // start, so rate() and alerts see 0 rather than nothing.
+    for (name, kind, _) in METRICS {
+        let labelled = matches!(
+            *name,
+            "gimmm_downstream_final_total"
+                | "gimmm_downstream_rejected_total"
+                | "gimmm_nacks_total"
+                | "gimmm_link_connect_failures_total"
+        );
+        if *kind == "counter" && !labelled {
+            metrics::counter!(*name).increment(0);
+        }
+    }
+    for state in ["ack", "reject"] {
+        metrics::counter!("gimmm_downstream_final_total", "state" => state).increment(0);
+    }
+    for auth in ["true", "false"] {
+        metrics::counter!("gimmm_link_connect_failures_total", "auth" => auth).increment(0);
+    }
+    Some(handle)
 }
 
 /// The admin router.
@@ -54,7 +204,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/messages", get(messages))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -64,8 +217,23 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Serves the admin router until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let _ = prometheus();
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) {
+    if let Some(h) = prometheus() {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => h.run_upkeep(),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     let app = router(state);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -107,33 +275,168 @@ async fn readyz(State(st): State<AdminState>) -> Response {
 }
 
 async fn metrics_text(State(st): State<AdminState>) -> Response {
-    if let Some(s) = st.snapshot().await {
-        for l in &s.links {
-            metrics::gauge!("gimmm_link_pending", "link" => l.id.to_string()).set(l.pending as f64);
-        }
-        for state in ["connecting", "ready", "draining"] {
-            let n = s.links.iter().filter(|l| l.state == state).count();
-            metrics::gauge!("gimmm_links_by_state", "state" => state).set(n as f64);
-        }
-        for sess in &s.sessions {
-            metrics::gauge!("gimmm_session_queue_depth", "session" => sess.session_id.clone())
-                .set((sess.queued + sess.unacked) as f64);
-        }
-        metrics::gauge!("gimmm_downstream_in_memory").set(s.messages_in_memory as f64);
-    }
-    if let Ok((queued, outbox, unroutable)) = st.store.counts() {
-        metrics::gauge!("gimmm_store_queued_downstream").set(queued as f64);
-        metrics::gauge!("gimmm_store_outbox").set(outbox as f64);
-        metrics::gauge!("gimmm_store_unroutable").set(unroutable as f64);
-    }
-    match prometheus() {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
+    let Some(h) = prometheus() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable\n",
         )
-            .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
+            .into_response();
+    };
+    let snapshot = st.snapshot().await;
+    let store = st.store.clone();
+    let counts = tokio::task::spawn_blocking(move || store.counts().ok())
+        .await
+        .ok()
+        .flatten();
+    let mut text = h.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
     }
+    render_state(&mut text, snapshot.as_ref(), counts);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Gauges computed at scrape time from the engine's [`Snapshot`] and the
+/// store's row counts. They are rendered here rather than kept in the
+/// recorder so that a link or session that went away leaves no stale series
+/// behind (links get a new id on every reconnect).
+fn render_state(out: &mut String, s: Option<&Snapshot>, counts: Option<(u64, u64, u64)>) {
+    family(
+        out,
+        "gimmm_engine_up",
+        "1 when the engine answered this scrape",
+        &[(String::new(), if s.is_some() { 1.0 } else { 0.0 })],
+    );
+    if let Some(s) = s {
+        let links: Vec<(String, f64)> = s
+            .links
+            .iter()
+            .map(|l| {
+                (
+                    labels(&[("link", &l.id.to_string()), ("state", l.state)]),
+                    l.pending as f64,
+                )
+            })
+            .collect();
+        family(
+            out,
+            "gimmm_link_pending",
+            "Unacked downstream messages per CCS connection",
+            &links,
+        );
+        let by_state: Vec<(String, f64)> = ["connecting", "ready", "draining"]
+            .iter()
+            .map(|st| {
+                let n = s.links.iter().filter(|l| l.state == *st).count();
+                (labels(&[("state", st)]), n as f64)
+            })
+            .collect();
+        family(
+            out,
+            "gimmm_links_by_state",
+            "CCS connections by state",
+            &by_state,
+        );
+        let sess = |f: &dyn Fn(&crate::engine::SessionInfo) -> f64| -> Vec<(String, f64)> {
+            s.sessions
+                .iter()
+                .map(|x| (labels(&[("session", &x.session_id)]), f(x)))
+                .collect()
+        };
+        family(
+            out,
+            "gimmm_session_queue_depth",
+            "Sequenced messages held in memory for a BAL session, waiting or unacked",
+            &sess(&|x| (x.queued + x.unacked) as f64),
+        );
+        family(
+            out,
+            "gimmm_session_unacked",
+            "Sequenced messages sent to a BAL session and not yet ACKed",
+            &sess(&|x| x.unacked as f64),
+        );
+        family(
+            out,
+            "gimmm_session_spilled",
+            "1 when more sequenced messages for the session wait on disk only",
+            &sess(&|x| if x.spilled { 1.0 } else { 0.0 }),
+        );
+        family(
+            out,
+            "gimmm_session_connected",
+            "1 when a BAL is logged on to the session",
+            &sess(&|x| if x.connected { 1.0 } else { 0.0 }),
+        );
+        family(
+            out,
+            "gimmm_downstream_in_memory",
+            "Downstream messages held in memory (queued, waiting to retry or in flight)",
+            &[(String::new(), s.messages_in_memory as f64)],
+        );
+        family(
+            out,
+            "gimmm_fcm_auth_failing",
+            "1 while FCM refuses the configured credentials",
+            &[(
+                String::new(),
+                if s.auth_error.is_some() { 1.0 } else { 0.0 },
+            )],
+        );
+    }
+    if let Some((queued, outbox, unroutable)) = counts {
+        family(
+            out,
+            "gimmm_store_queued_downstream",
+            "Downstream messages in the store without a final result",
+            &[(String::new(), queued as f64)],
+        );
+        family(
+            out,
+            "gimmm_store_outbox",
+            "Sequenced messages in the store not yet ACKed by their BAL",
+            &[(String::new(), outbox as f64)],
+        );
+        family(
+            out,
+            "gimmm_store_unroutable",
+            "Unroutable upstream messages kept in the store",
+            &[(String::new(), unroutable as f64)],
+        );
+    }
+}
+
+/// One gauge family in the Prometheus text format.
+fn family(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+    out.push('\n');
+}
+
+/// `{k="v",...}` with Prometheus label escaping.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(k);
+        s.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '"' => s.push_str("\\\""),
+                '\n' => s.push_str("\\n"),
+                c => s.push(c),
+            }
+        }
+        s.push('"');
+    }
+    s.push('}');
+    s
 }
 
 async fn sessions(State(st): State<AdminState>) -> Response {
@@ -145,7 +448,9 @@ async fn sessions(State(st): State<AdminState>) -> Response {
 
 async fn connections(State(st): State<AdminState>) -> Response {
     match st.snapshot().await {
-        Some(s) => Json(serde_json::json!({"links": s.links, "auth_error": s.auth_error})).into_response(),
+        Some(s) => {
+            Json(serde_json::json!({"links": s.links, "auth_error": s.auth_error})).into_response()
+        }
         None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
@@ -158,52 +463,96 @@ struct MessagesQuery {
     after: Option<u64>,
 }
 
+/// Rows read per store query while filtering queued messages by session.
+const SCAN_PAGE: usize = 500;
+/// Most queued rows one request looks at (the answer's `next_after` resumes).
+const SCAN_MAX: usize = 20_000;
+
+fn json_or_null(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
+type ApiError = (StatusCode, String);
+
+fn internal(e: store::StoreError) -> ApiError {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}\n"))
+}
+
+fn queued_page(
+    store: &store::Store,
+    session: Option<&str>,
+    after: u64,
+    limit: usize,
+) -> Result<serde_json::Value, ApiError> {
+    let mut cursor = after;
+    let mut items = Vec::new();
+    let mut scanned = 0usize;
+    let mut more = true;
+    'scan: while items.len() < limit && scanned < SCAN_MAX {
+        let rows = store.load_queued(cursor, SCAN_PAGE).map_err(internal)?;
+        let n = rows.len();
+        for r in rows {
+            cursor = r.id;
+            scanned += 1;
+            if session.is_none_or(|s| s == r.session) {
+                items.push(serde_json::json!({
+                    "id": r.id, "session": r.session, "message_id": r.message_id,
+                    "group_id": r.group_id, "attempts": r.attempts,
+                    "not_before_ms": r.not_before_ms, "expires_at_ms": r.expires_at_ms,
+                    "fcm_data": json_or_null(&r.body)}));
+                if items.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+        if n < SCAN_PAGE {
+            more = false;
+            break;
+        }
+    }
+    // With a full page the next one may be empty: a client just gets [] then.
+    let next = more.then_some(cursor);
+    Ok(serde_json::json!({"state": "queued", "items": items, "next_after": next}))
+}
+
 async fn messages(State(st): State<AdminState>, Query(q): Query<MessagesQuery>) -> Response {
-    let limit = q.limit.unwrap_or(100).min(1000);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let store = st.store.clone();
     let state = q.state.unwrap_or_else(|| "queued".into());
-    let res = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+    let after = q.after.unwrap_or(0);
+    let res = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         match state.as_str() {
-            "queued" => {
-                let rows = store.load_queued(q.after.unwrap_or(0), limit * 4).map_err(|e| e.to_string())?;
-                let items: Vec<serde_json::Value> = rows
-                    .into_iter()
-                    .filter(|r| q.session.as_deref().is_none_or(|s| s == r.session))
-                    .take(limit)
-                    .map(|r| {
-                        serde_json::json!({"id": r.id, "session": r.session, "message_id": r.message_id,
-                            "group_id": r.group_id, "attempts": r.attempts, "fcm_data": serde_json::from_str::<serde_json::Value>(&r.body).unwrap_or_default()})
-                    })
-                    .collect();
-                let next = items.last().and_then(|i| i.get("id")).cloned();
-                Ok(serde_json::json!({"state": "queued", "items": items, "next_after": next}))
-            }
+            "queued" => queued_page(&store, q.session.as_deref(), after, limit),
             "unroutable" => {
-                let rows = store.unroutable(limit).map_err(|e| e.to_string())?;
+                let rows = store.unroutable(limit).map_err(internal)?;
                 let items: Vec<serde_json::Value> = rows
                     .into_iter()
-                    .map(|(c, b)| serde_json::json!({"category": c, "fcm_data": serde_json::from_str::<serde_json::Value>(&b).unwrap_or_default()}))
+                    .map(|(c, b)| serde_json::json!({"category": c, "fcm_data": json_or_null(&b)}))
                     .collect();
                 Ok(serde_json::json!({"state": "unroutable", "items": items}))
             }
             "outbox" => {
                 let Some(session) = q.session.clone() else {
-                    return Err("state=outbox needs session=".into());
+                    return Err((StatusCode::BAD_REQUEST, "state=outbox needs session=\n".into()));
                 };
-                let rows = store.load_outbox(&session, q.after.unwrap_or(0), limit).map_err(|e| e.to_string())?;
+                let rows = store.load_outbox(&session, after, limit).map_err(internal)?;
+                let next = (rows.len() == limit).then(|| rows.last().map(|r| r.seq)).flatten();
                 let items: Vec<serde_json::Value> = rows
                     .into_iter()
-                    .map(|r| serde_json::json!({"sequence_id": r.seq, "message": serde_json::from_str::<serde_json::Value>(&r.body).unwrap_or_default()}))
+                    .map(|r| serde_json::json!({"sequence_id": r.seq, "message": json_or_null(&r.body)}))
                     .collect();
-                Ok(serde_json::json!({"state": "outbox", "items": items}))
+                Ok(serde_json::json!({"state": "outbox", "items": items, "next_after": next}))
             }
-            other => Err(format!("unknown state {other:?} (queued, outbox, unroutable)")),
+            other => Err((
+                StatusCode::BAD_REQUEST,
+                format!("unknown state {other:?} (queued, outbox, unroutable)\n"),
+            )),
         }
     })
     .await;
     match res {
         Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Ok(Err(e)) => e.into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

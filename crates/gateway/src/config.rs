@@ -272,17 +272,34 @@ impl Config {
                     origin: p.display().to_string(),
                     message: e.to_string(),
                 })?;
+                // Deserializing the text itself (not the table) keeps spans:
+                // a mistake in the file is reported with its line and column.
+                // The table form names the dotted key ("in `fcm.port`").
+                if let Err(e) = toml::from_str::<Config>(&text) {
+                    let key = toml::Value::Table(t)
+                        .try_into::<Config>()
+                        .err()
+                        .and_then(|e| dotted_key(&e.to_string()));
+                    return Err(ConfigError::Parse {
+                        origin: p.display().to_string(),
+                        message: match key {
+                            Some(k) => format!("{k}: {e}"),
+                            None => e.to_string(),
+                        },
+                    });
+                }
                 (t, p.display().to_string())
             }
             None => (toml::Table::new(), "(embedded default)".to_string()),
         };
         apply_env(&mut table, env)?;
-        let mut cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                origin: origin.clone(),
-                message: e.to_string(),
-            })?;
+        let mut cfg: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
         if path.is_none() && cfg.bal.sessions.is_empty() {
             cfg.bal.sessions = embedded_default().bal.sessions;
         }
@@ -392,6 +409,13 @@ impl Config {
     }
 }
 
+/// The key named by a toml error's last line ``in `fcm.port` ``.
+fn dotted_key(message: &str) -> Option<String> {
+    let last = message.trim_end().lines().last()?;
+    let key = last.strip_prefix("in `")?.strip_suffix('`')?;
+    (!key.is_empty()).then(|| key.to_string())
+}
+
 /// Applies `GIMMM_<SECTION>__<KEY>=value` overrides. Values are read as TOML
 /// (numbers, booleans) and fall back to plain strings.
 fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
@@ -403,7 +427,10 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             continue;
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        if !matches!(section.as_str(), "fcm" | "retry" | "bal" | "store" | "admin") {
+        if !matches!(
+            section.as_str(),
+            "fcm" | "retry" | "bal" | "store" | "admin"
+        ) {
             return Err(ConfigError::Parse {
                 origin: format!("environment {name}"),
                 message: format!("unknown section {section:?}"),
@@ -418,8 +445,10 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
         // Keys that are strings in the schema stay strings ("123" sender ids).
         let is_string_key = matches!(
             (section.as_str(), key.as_str()),
-            ("fcm", "host" | "sender_id" | "server_key" | "server_key_file" | "auth_domain" | "ca_file")
-                | ("bal", "listen")
+            (
+                "fcm",
+                "host" | "sender_id" | "server_key" | "server_key_file" | "auth_domain" | "ca_file"
+            ) | ("bal", "listen")
                 | ("store", "path")
                 | ("admin", "listen" | "token")
         );
@@ -484,8 +513,11 @@ mod tests {
         assert!(e.to_string().contains("duplicate"), "{e}");
         let e = load_str("[[bal.sessions]]\nsession_id = \"a\"\ntoken = \"\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("bal.sessions[0].token"), "{e}");
-        let e = load_str(&format!("{MIN}[fcm]\nserver_key_file = \"/nonexistent/k\"\n"), &[])
-            .unwrap_err();
+        let e = load_str(
+            &format!("{MIN}[fcm]\nserver_key_file = \"/nonexistent/k\"\n"),
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("fcm.server_key_file"), "{e}");
     }
 

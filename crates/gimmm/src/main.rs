@@ -143,7 +143,11 @@ impl FaultArgs {
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -198,30 +202,42 @@ fn check_config(file: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Resolves when SIGTERM or Ctrl-C arrives.
-async fn terminate() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves when SIGTERM or Ctrl-C arrives. The handlers are installed when
+/// this is called, not when the future is first polled: a signal that
+/// arrives while the gateway is still starting is then not lost, and does
+/// not kill the process with the default action (an unclean exit).
+fn terminate() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
+    let stop = terminate();
     let mut cfg = Config::load(a.config.as_deref())?;
     let shutdown = CancellationToken::new();
     let mut emu = None;
@@ -252,7 +268,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if let Some(a) = gw.admin_addr {
         println!("admin http on http://{a} (/healthz /readyz /metrics /api/v1/...)");
     }
-    terminate().await;
+    stop.await;
     tracing::info!("shutting down: stop accepting, close CCS streams, commit");
     gw.stop().await;
     if let Some(e) = emu {
@@ -263,6 +279,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
 }
 
 async fn run_emulator(a: EmulatorArgs) -> Result<()> {
+    let stop = terminate();
     let cfg = emulator::EmulatorConfig {
         listen: a.listen,
         sender_id: a.sender_id,
@@ -277,7 +294,7 @@ async fn run_emulator(a: EmulatorArgs) -> Result<()> {
     for line in e.describe() {
         println!("{line}");
     }
-    terminate().await;
+    stop.await;
     e.shutdown().await;
     Ok(())
 }

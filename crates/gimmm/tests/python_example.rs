@@ -1,0 +1,243 @@
+//! `examples/python_bal.py` against a running gateway (issue 4): an
+//! emulator and a `gateway::Gateway` run in-process, the example runs as
+//! `python3 examples/python_bal.py --once ...` and must print its
+//! DOWNSTREAM_ACK, ACK it, and exit 0; a second test makes it start before
+//! the gateway is up and lose its connection mid-flight, so it has to
+//! reconnect with backoff and still finish.
+#![allow(clippy::unwrap_used)]
+
+use emulator::{Emulator, EmulatorConfig, Faults};
+use gateway::config::{Config, Secret, SessionConfig};
+use gateway::Gateway;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/python_bal.py");
+const SESSION: &str = "com.example.app";
+const TOKEN: &str = "py-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(dir: &Path, emu: &Emulator, bal_listen: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.fcm.host = "127.0.0.1".into();
+    cfg.fcm.port = emu.addr().port();
+    cfg.fcm.sender_id = emu.sender_id().to_string();
+    cfg.fcm.server_key = Secret::new(emu.server_key());
+    cfg.retry.initial_ms = 20;
+    cfg.retry.max_ms = 200;
+    cfg.bal.listen = bal_listen.into();
+    cfg.admin.listen = String::new();
+    cfg.store.path = dir.join("gimmm.db");
+    cfg.bal.sessions = vec![SessionConfig {
+        session_id: SESSION.into(),
+        token: Secret::new(TOKEN),
+    }];
+    cfg.validate().unwrap();
+    cfg
+}
+
+async fn gateway(cfg: &Config, emu: &Emulator) -> Gateway {
+    let connector: Arc<dyn xmpp::connect::Connector> =
+        Arc::new(xmpp::connect::DirectTls::with_ca_pem(emu.ca_pem().as_bytes()).unwrap());
+    Gateway::start_with_connector(cfg.clone(), connector, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// A running example; its stdout and stderr lines arrive on one channel,
+/// stderr ones prefixed with `!`.
+struct Py {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+fn python(bal: SocketAddr, extra: &[&str]) -> Py {
+    let mut child = Command::new("python3")
+        .arg(EXAMPLE)
+        .arg("--once")
+        .args(extra)
+        .arg(bal.to_string())
+        .args([SESSION, TOKEN, "python-device-1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is needed to run examples/python_bal.py (CI installs it)");
+    let (tx, lines) = mpsc::unbounded_channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let t = tx.clone();
+    tokio::spawn(async move {
+        let mut l = BufReader::new(out).lines();
+        while let Ok(Some(x)) = l.next_line().await {
+            let _ = t.send(x);
+        }
+    });
+    tokio::spawn(async move {
+        let mut l = BufReader::new(err).lines();
+        while let Ok(Some(x)) = l.next_line().await {
+            let _ = tx.send(format!("!{x}"));
+        }
+    });
+    Py {
+        child,
+        lines,
+        seen: Vec::new(),
+    }
+}
+
+impl Py {
+    /// Waits for a line containing `needle`.
+    async fn wait_line(&mut self, needle: &str) -> String {
+        loop {
+            match tokio::time::timeout(WAIT, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                _ => panic!(
+                    "no line with {needle:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for exit; returns (success, every stdout line).
+    async fn finish(mut self) -> (bool, Vec<String>) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("python_bal.py did not exit")
+            .unwrap();
+        while let Some(l) = self.lines.recv().await {
+            self.seen.push(l);
+        }
+        assert!(
+            status.success(),
+            "python_bal.py exited with {status:?}:\n{}",
+            self.seen.join("\n")
+        );
+        let out = self
+            .seen
+            .into_iter()
+            .filter(|l| !l.starts_with('!'))
+            .collect();
+        (status.success(), out)
+    }
+}
+
+fn parse(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// Waits until the gateway holds nothing for the session: the example
+/// ACKed every sequenced message it printed.
+async fn wait_all_acked(gw: &Gateway) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = gw.snapshot().await.unwrap();
+        let sess = s.sessions.iter().find(|x| x.session_id == SESSION).unwrap();
+        if sess.queued == 0 && sess.unacked == 0 && !sess.spilled {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the example left messages unacked: {sess:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_example_sends_and_gets_its_ack() {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&config(dir.path(), &emu, "127.0.0.1:0"), &emu).await;
+    let py = python(gw.bal_addr, &[]);
+    let (_, out) = py.finish().await;
+    let msgs: Vec<serde_json::Value> = out.iter().map(|l| parse(l)).collect();
+    let types: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["message_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"LOGON_RESPONSE"), "{out:?}");
+    let ack = msgs
+        .iter()
+        .find(|m| m["message_type"] == "DOWNSTREAM_ACK")
+        .unwrap_or_else(|| panic!("no DOWNSTREAM_ACK printed: {out:?}"));
+    let id = ack["message_id"].as_str().unwrap();
+    assert!(id.starts_with("py-"), "{ack}");
+    assert!(types.contains(&"DOWNSTREAM_ACCEPTED"), "{out:?}");
+    assert_eq!(emu.stats().msg(id).acked, 1);
+    wait_all_acked(&gw).await;
+    gw.stop().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_example_reconnects_with_backoff() {
+    // Acks are slow, so the message is still in flight when the gateway
+    // goes away under the example.
+    let emu = Emulator::start(EmulatorConfig {
+        faults: Faults {
+            ack_delay: Duration::from_millis(3000),
+            ..Faults::default()
+        },
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = config(dir.path(), &emu, &addr.to_string());
+
+    // Nothing listens yet: the example retries.
+    let mut py = python(addr, &["--ping", "0.2"]);
+    py.wait_line("!connection lost").await;
+    let gw = gateway(&cfg, &emu).await;
+    py.wait_line("DOWNSTREAM_ACCEPTED").await;
+    py.wait_line("PONG").await;
+
+    // The gateway stops (the connection drops) and comes back on the same
+    // store: the stored message's result reaches the reconnected example.
+    gw.stop().await;
+    py.wait_line("!connection lost").await;
+    let gw = gateway(&cfg, &emu).await;
+    let (_, out) = py.finish().await;
+    let acks: Vec<serde_json::Value> = out
+        .iter()
+        .map(|l| parse(l))
+        .filter(|m| m["message_type"] == "DOWNSTREAM_ACK")
+        .collect();
+    assert_eq!(acks.len(), 1, "{out:?}");
+    let logons = out.iter().filter(|l| l.contains("LOGON_RESPONSE")).count();
+    assert!(logons >= 2, "it must have logged on again: {out:?}");
+    let accepted = out
+        .iter()
+        .filter(|l| l.contains("DOWNSTREAM_ACCEPTED"))
+        .count();
+    assert_eq!(
+        accepted, 1,
+        "an accepted message is not sent again: {out:?}"
+    );
+    let id = acks[0]["message_id"].as_str().unwrap();
+    assert!(emu.stats().msg(id).acked >= 1);
+    wait_all_acked(&gw).await;
+    gw.stop().await;
+    emu.shutdown().await;
+}

@@ -1,0 +1,335 @@
+//! Secrets never reach the logs, and logging is configurable (issue 4):
+//! `gimmm serve` runs as a child with `RUST_LOG=debug --log-format json`
+//! against an in-process emulator with a distinctive server key; a message
+//! goes through `gimmm send --wait`, an upstream message is delivered, a LOGON
+//! with a wrong token and an admin call with a wrong bearer token fail; after
+//! SIGTERM neither the key (nor its SASL form) nor any token is anywhere in
+//! the child's output, and every log line is JSON.
+#![allow(clippy::unwrap_used)]
+
+use bal::BalClient;
+use emulator::{Emulator, EmulatorConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(60);
+const SERVER_KEY: &str = "SRVKEY-9d41c7e2b5f0";
+const TOKEN_APP: &str = "TOKAPP-51c0ffee77aa";
+const TOKEN_OTHER: &str = "TOKOTHER-8e3b1d44c2";
+const WRONG_TOKEN: &str = "WRONGTOK-2f6a90d1e3";
+const ADMIN_TOKEN: &str = "ADMTOK-a7c3e5f1b9d2";
+const WRONG_ADMIN_TOKEN: &str = "BADADM-04d6e8a2c1";
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn write_config(dir: &Path, emu: &Emulator) -> PathBuf {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem()).unwrap();
+    let key = dir.join("fcm.key");
+    std::fs::write(&key, format!("{SERVER_KEY}\n")).unwrap();
+    let cfg = format!(
+        r#"
+[fcm]
+host = "127.0.0.1"
+port = {port}
+sender_id = "{sender}"
+server_key_file = "{key}"
+ca_file = "{ca}"
+
+[retry]
+initial_ms = 20
+max_ms = 500
+
+[bal]
+listen = "127.0.0.1:0"
+
+[[bal.sessions]]
+session_id = "com.example.app"
+token = "{TOKEN_APP}"
+
+[[bal.sessions]]
+session_id = "com.example.other"
+token = "{TOKEN_OTHER}"
+
+[store]
+path = "{db}"
+
+[admin]
+listen = "127.0.0.1:0"
+"#,
+        port = emu.addr().port(),
+        sender = emu.sender_id(),
+        key = key.display(),
+        ca = ca.display(),
+        db = dir.join("gimmm.db").display(),
+    );
+    let p = dir.join("gimmm.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// A running `gimmm serve` whose output is being collected.
+struct Served {
+    child: Child,
+    bal: SocketAddr,
+    admin: Option<SocketAddr>,
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+async fn serve(config: &Path, args: &[&str], rust_log: &str) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gimmm"))
+        .args(args)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", rust_log)
+        .env("GIMMM_ADMIN__TOKEN", ADMIN_TOKEN)
+        .env_remove("GIMMM_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let out = child.stdout.take().unwrap();
+    let stdout = tokio::spawn(async move {
+        let mut lines = BufReader::new(out).lines();
+        let mut all = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let _ = tx.send(l.clone());
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    let mut err = child.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s).await;
+        s
+    });
+    let (mut bal, mut admin) = (None, None);
+    while bal.is_none() || admin.is_none() {
+        let line = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("gimmm serve did not print its addresses")
+            .expect("gimmm serve exited before printing its addresses");
+        if let Some(a) = line.strip_prefix("gimmm serving BALs on ") {
+            bal = Some(a.trim().parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("admin http on http://") {
+            admin = Some(rest.split(' ').next().unwrap().parse().unwrap());
+        }
+    }
+    Served {
+        child,
+        bal: bal.unwrap(),
+        admin,
+        stdout,
+        stderr,
+    }
+}
+
+impl Served {
+    /// SIGTERM, expect exit 0, return (stdout, stderr).
+    async fn terminate(mut self) -> (String, String) {
+        let pid = self.child.id().unwrap();
+        let kill = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let out = self.stdout.await.unwrap();
+        let err = self.stderr.await.unwrap();
+        assert!(
+            status.success(),
+            "SIGTERM must end in exit 0: {status:?}\n{err}"
+        );
+        (out, err)
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str, token: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    raw.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_debug_json_logs() {
+    let emu = Emulator::start(EmulatorConfig {
+        server_key: SERVER_KEY.into(),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &emu);
+    let served = serve(&config, &["--log-format", "json"], "debug").await;
+
+    // One message end to end with `gimmm send --wait` (token from the env).
+    let send = tokio::time::timeout(
+        WAIT,
+        Command::new(env!("CARGO_BIN_EXE_gimmm"))
+            .args(["send", "--server", &served.bal.to_string()])
+            .args(["--session", "com.example.app", "--to", "device-secret-1"])
+            .args(["--data", "k=v", "--wait", "--timeout", "50"])
+            .env("GIMMM_TOKEN", TOKEN_APP)
+            .env_remove("RUST_LOG")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let send_out = String::from_utf8_lossy(&send.stdout).into_owned();
+    assert!(
+        send.status.success(),
+        "gimmm send failed: {send_out} {}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert!(send_out.contains("DOWNSTREAM_ACK"), "{send_out}");
+
+    // An upstream message to the other session.
+    let mut other = BalClient::connect_logon(served.bal, "com.example.other", TOKEN_OTHER)
+        .await
+        .unwrap();
+    let mut data = serde_json::Map::new();
+    data.insert("hello".into(), "world".into());
+    emu.send_upstream("device-up-1", "com.example.other", data);
+    let m = tokio::time::timeout(WAIT, other.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(m, bal::ToBal::Upstream { .. }), "{m:?}");
+    other.ack(m.sequence_id().unwrap()).await.unwrap();
+
+    // A refused LOGON.
+    match BalClient::connect_logon(served.bal, "com.example.app", WRONG_TOKEN).await {
+        Err(bal::ClientError::LogonRefused(_)) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a wrong token was accepted"),
+    }
+    // The admin API with a wrong and a right bearer token.
+    let admin = served.admin.unwrap();
+    assert_eq!(
+        http_get(admin, "/api/v1/sessions", WRONG_ADMIN_TOKEN).await,
+        401
+    );
+    assert_eq!(http_get(admin, "/api/v1/sessions", ADMIN_TOKEN).await, 200);
+    drop(other);
+
+    let (stdout, stderr) = served.terminate().await;
+    emu.shutdown().await;
+
+    assert_eq!(
+        [base64(b"\0ab"), base64(b"ab"), base64(b"a")],
+        ["AGFi", "YWI=", "YQ=="]
+    );
+    let sasl = base64(format!("\0{}@fcm.googleapis.com\0{SERVER_KEY}", "123456789012").as_bytes());
+    for (what, secret) in [
+        ("server key", SERVER_KEY),
+        ("SASL PLAIN payload", sasl.as_str()),
+        ("session token", TOKEN_APP),
+        ("session token", TOKEN_OTHER),
+        ("wrong token", WRONG_TOKEN),
+        ("admin token", ADMIN_TOKEN),
+        ("wrong admin token", WRONG_ADMIN_TOKEN),
+    ] {
+        assert!(!stdout.contains(secret), "{what} in stdout:\n{stdout}");
+        assert!(!stderr.contains(secret), "{what} in the log:\n{stderr}");
+        assert!(!send_out.contains(secret), "{what} in gimmm send's output");
+    }
+
+    // Every log line is one JSON object; RUST_LOG=debug let debug through.
+    let mut levels = std::collections::BTreeSet::new();
+    let mut messages = Vec::new();
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        levels.insert(v["level"].as_str().unwrap().to_string());
+        assert!(v["target"].is_string(), "{line}");
+        if let Some(m) = v["fields"]["message"].as_str() {
+            messages.push(m.to_string());
+        }
+    }
+    assert!(
+        levels.contains("DEBUG"),
+        "no debug line with RUST_LOG=debug: {levels:?}"
+    );
+    assert!(levels.contains("INFO"), "{levels:?}");
+    for expected in ["gimmm gateway started", "BAL logon refused", "bye"] {
+        assert!(
+            messages.iter().any(|m| m.contains(expected)),
+            "no {expected:?} in the log: {messages:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_filters_and_human_format_is_default() {
+    let emu = Emulator::start(EmulatorConfig {
+        server_key: SERVER_KEY.into(),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &emu);
+    // Only the gateway crate, at info: gimmm's own "bye" and every debug
+    // line are filtered out.
+    let served = serve(&config, &[], "gateway=info").await;
+    let (_, stderr) = served.terminate().await;
+    emu.shutdown().await;
+    assert!(stderr.contains("gimmm gateway started"), "{stderr}");
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains("DEBUG"), "{stderr}");
+    assert!(
+        !stderr.contains("bye"),
+        "gimmm's target must be filtered: {stderr}"
+    );
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_err(),
+            "human format by default, got JSON: {line}"
+        );
+    }
+    assert!(!stderr.contains(SERVER_KEY) && !stderr.contains(TOKEN_APP));
+}
