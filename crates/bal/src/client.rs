@@ -56,6 +56,28 @@ impl BalReader {
             return serde_json::from_str(t).map_err(|e| ClientError::BadLine(format!("{e}: {t}")));
         }
     }
+
+    /// The next non-empty line from gimmm, without its line ending and
+    /// without decoding it (for load generators that parse only the fields
+    /// they need). `Err(Closed)` at end of stream.
+    pub async fn recv_line(&mut self) -> Result<&str, ClientError> {
+        loop {
+            self.line.clear();
+            let n = self.inner.read_line(&mut self.line).await?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            if !self.line.trim().is_empty() {
+                return Ok(self.line.trim());
+            }
+        }
+    }
+
+    /// Bytes already read from the socket and not yet returned: when 0, the
+    /// next `recv` will wait for the network (a good moment to flush ACKs).
+    pub fn buffered(&self) -> usize {
+        self.inner.buffer().len()
+    }
 }
 
 impl BalWriter {
@@ -71,6 +93,13 @@ impl BalWriter {
     pub async fn send_raw(&mut self, line: &[u8]) -> Result<(), ClientError> {
         self.inner.write_all(line).await?;
         self.inner.write_all(b"\n").await?;
+        Ok(())
+    }
+
+    /// Queues raw bytes: complete lines, each ending in `\n` (load
+    /// generators that format lines themselves).
+    pub async fn write_lines(&mut self, lines: &[u8]) -> Result<(), ClientError> {
+        self.inner.write_all(lines).await?;
         Ok(())
     }
 

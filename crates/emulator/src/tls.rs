@@ -34,6 +34,17 @@ impl TlsIdentity {
     /// Generate a fresh CA and a server certificate for `names` (DNS names or
     /// IP addresses) signed by it.
     pub fn generate(names: &[String]) -> Result<TlsIdentity, EmulatorError> {
+        Self::generate_inner(names, false)
+    }
+
+    /// Like [`TlsIdentity::generate`], but the server certificate expired
+    /// long ago (valid only during the year 2000): for tests showing that
+    /// clients refuse it.
+    pub fn generate_expired(names: &[String]) -> Result<TlsIdentity, EmulatorError> {
+        Self::generate_inner(names, true)
+    }
+
+    fn generate_inner(names: &[String], expired: bool) -> Result<TlsIdentity, EmulatorError> {
         let cert_err = |e: rcgen::Error| EmulatorError::Cert(e.to_string());
 
         let ca_key = KeyPair::generate().map_err(cert_err)?;
@@ -63,6 +74,10 @@ impl TlsIdentity {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        }
         let cert = params.signed_by(&key, &ca, &ca_key).map_err(cert_err)?;
 
         let ca_pem = ca.pem();
