@@ -165,9 +165,12 @@ async fn run(
 }
 
 async fn connect(p: &LinkParams) -> Result<XmppStream<xmpp::connect::BoxStream>, xmpp::XmppError> {
-    let io = tokio::time::timeout(Duration::from_secs(30), p.connector.connect(&p.host, p.port))
-        .await
-        .map_err(|_| xmpp::XmppError::Protocol("connect timed out".into()))??;
+    let io = tokio::time::timeout(
+        Duration::from_secs(30),
+        p.connector.connect(&p.host, p.port),
+    )
+    .await
+    .map_err(|_| xmpp::XmppError::Protocol("connect timed out".into()))??;
     let mut s = XmppStream::new(io, p.max_stanza_bytes);
     let params = ClientParams {
         to: p.domain.clone(),
@@ -196,7 +199,11 @@ async fn serve(
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
-    let mut tick = tokio::time::interval(p.keepalive.min(Duration::from_secs(5)).max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(
+        p.keepalive
+            .min(Duration::from_secs(5))
+            .max(Duration::from_millis(100)),
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
 

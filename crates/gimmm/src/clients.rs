@@ -16,7 +16,12 @@ pub(crate) struct Conn {
     #[arg(long, default_value = "com.example.app", env = "GIMMM_SESSION")]
     pub(crate) session: String,
     /// Session token.
-    #[arg(long, default_value = "dev-token", env = "GIMMM_TOKEN", hide_default_value = true)]
+    #[arg(
+        long,
+        default_value = "dev-token",
+        env = "GIMMM_TOKEN",
+        hide_default_value = true
+    )]
     pub(crate) token: String,
 }
 
@@ -111,7 +116,9 @@ fn build(a: &SendArgs) -> Result<serde_json::Value> {
         }
     }
     if let Some(n) = &a.notification {
-        let notif = obj.entry("notification").or_insert_with(|| serde_json::json!({}));
+        let notif = obj
+            .entry("notification")
+            .or_insert_with(|| serde_json::json!({}));
         for part in n.split(',') {
             let (k, val) = kv(part)?;
             if let Some(m) = notif.as_object_mut() {

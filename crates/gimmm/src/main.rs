@@ -156,11 +156,17 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.cmd, Command::Send(_) | Command::Listen(_) | Command::CheckConfig { .. } | Command::Bench(_));
+    let quiet = matches!(
+        cli.cmd,
+        Command::Send(_) | Command::Listen(_) | Command::CheckConfig { .. } | Command::Bench(_)
+    );
     if !quiet || std::env::var_os("RUST_LOG").is_some() {
         init_logs(cli.log_format);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gimmm: cannot start the runtime: {e}");
@@ -193,7 +199,10 @@ fn check_config(file: PathBuf) -> Result<()> {
         file.display(),
         cfg.bal.sessions.len(),
         if cfg.fcm.has_credentials() {
-            format!("{}:{} as sender {}", cfg.fcm.host, cfg.fcm.port, cfg.fcm.sender_id)
+            format!(
+                "{}:{} as sender {}",
+                cfg.fcm.host, cfg.fcm.port, cfg.fcm.sender_id
+            )
         } else {
             "not configured: in-process emulator".to_string()
         },
@@ -290,7 +299,9 @@ async fn run_emulator(a: EmulatorArgs) -> Result<()> {
         receipt_category: a.receipt_category,
         ..emulator::EmulatorConfig::default()
     };
-    let e = emulator::Emulator::start(cfg).await.context("starting the emulator")?;
+    let e = emulator::Emulator::start(cfg)
+        .await
+        .context("starting the emulator")?;
     for line in e.describe() {
         println!("{line}");
     }

@@ -83,7 +83,10 @@ async fn logon(addr: SocketAddr) -> BalClient {
         match BalClient::connect_logon(addr, "com.example.app", "crash-token").await {
             Ok(c) => return c,
             Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "gimmm did not come up: {e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gimmm did not come up: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -104,11 +107,26 @@ impl Seen {
             ToBal::DownstreamAccepted { message_id, .. } => {
                 self.accepted.insert(message_id.clone());
             }
-            ToBal::DownstreamAck { message_id, sequence_id, .. }
-            | ToBal::DownstreamReject { message_id, sequence_id, .. } => {
-                self.finals.entry(message_id.clone()).or_default().insert(*sequence_id);
+            ToBal::DownstreamAck {
+                message_id,
+                sequence_id,
+                ..
             }
-            ToBal::Upstream { fcm_data, sequence_id, .. } => {
+            | ToBal::DownstreamReject {
+                message_id,
+                sequence_id,
+                ..
+            } => {
+                self.finals
+                    .entry(message_id.clone())
+                    .or_default()
+                    .insert(*sequence_id);
+            }
+            ToBal::Upstream {
+                fcm_data,
+                sequence_id,
+                ..
+            } => {
                 let id = fcm_data["message_id"].as_str().unwrap().to_string();
                 self.upstream.entry(id).or_default().insert(*sequence_id);
             }
@@ -120,7 +138,10 @@ impl Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_flight_loses_nothing() {
     let emu = Emulator::start(EmulatorConfig {
-        faults: Faults { ack_delay: Duration::from_millis(1), ..Faults::default() },
+        faults: Faults {
+            ack_delay: Duration::from_millis(1),
+            ..Faults::default()
+        },
         ..EmulatorConfig::default()
     })
     .await
@@ -167,14 +188,20 @@ async fn sigkill_mid_flight_loses_nothing() {
         // Nothing is ACKed before the kill: every result seen so far must be
         // redelivered, with the same sequence id, after the restart.
     }
-    assert!(seen.finals.len() < seen.accepted.len(), "the kill must happen mid-flight");
+    assert!(
+        seen.finals.len() < seen.accepted.len(),
+        "the kill must happen mid-flight"
+    );
     eprintln!(
         "killing gimmm with {} accepted, {} final results seen",
         seen.accepted.len(),
         seen.finals.len()
     );
     child.start_kill().unwrap();
-    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!status.success(), "killed with SIGKILL");
     drop(rd);
     let _ = sender.await;
@@ -194,8 +221,15 @@ async fn sigkill_mid_flight_loses_nothing() {
         let m = match tokio::time::timeout(WAIT, c.recv()).await {
             Ok(m) => m.unwrap(),
             Err(_) => {
-                let missing: Vec<_> = accepted.iter().filter(|id| !seen.finals.contains_key(*id)).take(10).collect();
-                let missing_up: Vec<_> = upstream_ids.iter().filter(|id| !seen.upstream.contains_key(*id)).collect();
+                let missing: Vec<_> = accepted
+                    .iter()
+                    .filter(|id| !seen.finals.contains_key(*id))
+                    .take(10)
+                    .collect();
+                let missing_up: Vec<_> = upstream_ids
+                    .iter()
+                    .filter(|id| !seen.upstream.contains_key(*id))
+                    .collect();
                 panic!("timed out; missing finals {missing:?} upstream {missing_up:?}");
             }
         };
@@ -206,22 +240,45 @@ async fn sigkill_mid_flight_loses_nothing() {
     }
     // Exactly one final result per message (a redelivery has the same sequence id).
     for (id, seqs) in &seen.finals {
-        assert_eq!(seqs.len(), 1, "message {id} got {} different final results", seqs.len());
+        assert_eq!(
+            seqs.len(),
+            1,
+            "message {id} got {} different final results",
+            seqs.len()
+        );
     }
     for (id, seqs) in &seen.upstream {
-        assert_eq!(seqs.len(), 1, "upstream {id} delivered as {} different messages", seqs.len());
+        assert_eq!(
+            seqs.len(),
+            1,
+            "upstream {id} delivered as {} different messages",
+            seqs.len()
+        );
     }
     let stats = emu.stats();
     for id in &accepted {
-        assert!(stats.msg(id).acked >= 1, "accepted message {id} never reached the emulator");
+        assert!(
+            stats.msg(id).acked >= 1,
+            "accepted message {id} never reached the emulator"
+        );
     }
     assert_eq!(stats.window_violations, 0);
 
     // Clean shutdown: SIGTERM -> exit 0.
     let pid = child.id().unwrap();
-    let kill = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(kill.success());
-    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "SIGTERM must end in exit 0, got {status:?}");
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must end in exit 0, got {status:?}"
+    );
     emu.shutdown().await;
 }
