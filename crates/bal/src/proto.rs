@@ -5,8 +5,10 @@
 //! [`FromBal::parse`], which distinguishes "not JSON" from "unknown type" so
 //! the gateway can answer with the right [`BalError`] code.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Error codes of SPEC §3.4, sent in `{"message_type":"ERROR",...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,9 +93,10 @@ impl std::fmt::Debug for FromBal {
                 .field("group_id", group_id)
                 .field("fcm_data", fcm_data)
                 .finish(),
-            FromBal::Ack { sequence_id } => {
-                f.debug_struct("Ack").field("sequence_id", sequence_id).finish()
-            }
+            FromBal::Ack { sequence_id } => f
+                .debug_struct("Ack")
+                .field("sequence_id", sequence_id)
+                .finish(),
             FromBal::Ping => f.write_str("Ping"),
         }
     }
@@ -102,10 +105,28 @@ impl std::fmt::Debug for FromBal {
 impl FromBal {
     /// Decodes one line. The error carries the SPEC §3.4 code and a description.
     pub fn parse(line: &[u8]) -> Result<FromBal, (BalError, String)> {
+        Ok(match FromBalRef::parse(line)? {
+            FromBalRef::Logon { session_id, token } => FromBal::Logon {
+                session_id: session_id.into_owned(),
+                token: token.into_owned(),
+            },
+            FromBalRef::Downstream { group_id, fcm_data } => FromBal::Downstream {
+                group_id: group_id.map(Cow::into_owned),
+                fcm_data: serde_json::from_str(fcm_data.get())
+                    .map_err(|e| (BalError::InvalidJson, format!("bad fields: {e}")))?,
+            },
+            FromBalRef::Ack { sequence_id } => FromBal::Ack { sequence_id },
+            FromBalRef::Ping => FromBal::Ping,
+        })
+    }
+
+    /// The original two-pass decoder (a probe for `message_type`, then the
+    /// whole line); it decides the error code when the fast path fails.
+    fn parse_slow(line: &[u8]) -> Result<FromBal, (BalError, String)> {
         #[derive(Deserialize)]
         struct Probe<'a> {
             #[serde(borrow, default)]
-            message_type: Option<std::borrow::Cow<'a, str>>,
+            message_type: Option<Cow<'a, str>>,
         }
         let probe: Probe<'_> = serde_json::from_slice(line)
             .map_err(|e| (BalError::InvalidJson, format!("not a JSON object: {e}")))?;
@@ -121,6 +142,146 @@ impl FromBal {
                 "missing message_type".to_string(),
             )),
         }
+    }
+}
+
+/// A line from a BAL decoded in one pass without copying: `fcm_data` stays
+/// the JSON text the BAL sent. This is the gateway's hot path;
+/// [`FromBal::parse`] gives the same answers (and the same errors) as owned
+/// values.
+pub enum FromBalRef<'a> {
+    /// See [`FromBal::Logon`].
+    Logon {
+        /// The session.
+        session_id: Cow<'a, str>,
+        /// Its secret.
+        token: Cow<'a, str>,
+    },
+    /// See [`FromBal::Downstream`].
+    Downstream {
+        /// Ordering group.
+        group_id: Option<Cow<'a, str>>,
+        /// FCM's downstream JSON, as sent (any JSON value: validation decides).
+        fcm_data: Cow<'a, RawValue>,
+    },
+    /// See [`FromBal::Ack`].
+    Ack {
+        /// The sequence id.
+        sequence_id: u64,
+    },
+    /// See [`FromBal::Ping`].
+    Ping,
+}
+
+impl std::fmt::Debug for FromBalRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The token is a secret: never print it.
+            FromBalRef::Logon { session_id, .. } => f
+                .debug_struct("Logon")
+                .field("session_id", session_id)
+                .field("token", &"<redacted>")
+                .finish(),
+            FromBalRef::Downstream { group_id, fcm_data } => f
+                .debug_struct("Downstream")
+                .field("group_id", group_id)
+                .field("fcm_data", &fcm_data.get())
+                .finish(),
+            FromBalRef::Ack { sequence_id } => f
+                .debug_struct("Ack")
+                .field("sequence_id", sequence_id)
+                .finish(),
+            FromBalRef::Ping => f.write_str("Ping"),
+        }
+    }
+}
+
+/// A present field, `null` included (`Option<&RawValue>` would read `null`
+/// as absent).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+impl<'a> FromBalRef<'a> {
+    /// Decodes one line. Errors carry the SPEC §3.4 code and a description,
+    /// exactly as [`FromBal::parse`].
+    pub fn parse(line: &'a [u8]) -> Result<FromBalRef<'a>, (BalError, String)> {
+        #[derive(Deserialize)]
+        struct Fields<'a> {
+            #[serde(borrow, default)]
+            message_type: Option<Cow<'a, str>>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            session_id: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            token: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            group_id: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            fcm_data: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            sequence_id: Option<&'a RawValue>,
+        }
+        fn field<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
+            serde_json::from_str(raw?.get()).ok()
+        }
+        // Fast path: an object with well-typed fields. Anything else goes
+        // through the original decoder, which picks the error code.
+        let is_object = line
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        let fields = match is_object.then(|| serde_json::from_slice::<Fields<'a>>(line)) {
+            Some(Ok(f)) => f,
+            _ => return FromBalRef::parse_slow(line),
+        };
+        let decoded = match fields.message_type.as_deref() {
+            Some("LOGON") => match (field(fields.session_id), field(fields.token)) {
+                (Some(session_id), Some(token)) => Some(FromBalRef::Logon { session_id, token }),
+                _ => None,
+            },
+            Some("DOWNSTREAM") => {
+                let group_id = match fields.group_id {
+                    None => Some(None),
+                    Some(raw) => serde_json::from_str::<Option<Cow<'a, str>>>(raw.get()).ok(),
+                };
+                match (group_id, fields.fcm_data) {
+                    (Some(group_id), Some(fcm_data)) => Some(FromBalRef::Downstream {
+                        group_id,
+                        fcm_data: Cow::Borrowed(fcm_data),
+                    }),
+                    _ => None,
+                }
+            }
+            Some("ACK") => {
+                field(fields.sequence_id).map(|sequence_id| FromBalRef::Ack { sequence_id })
+            }
+            Some("PING") => Some(FromBalRef::Ping),
+            _ => None,
+        };
+        match decoded {
+            Some(d) => Ok(d),
+            None => FromBalRef::parse_slow(line),
+        }
+    }
+
+    /// Lines the fast path does not take (errors, odd but valid lines such
+    /// as repeated keys) get the original decoder's answer.
+    fn parse_slow(line: &[u8]) -> Result<FromBalRef<'a>, (BalError, String)> {
+        Ok(match FromBal::parse_slow(line)? {
+            FromBal::Logon { session_id, token } => FromBalRef::Logon {
+                session_id: Cow::Owned(session_id),
+                token: Cow::Owned(token),
+            },
+            FromBal::Downstream { group_id, fcm_data } => FromBalRef::Downstream {
+                group_id: group_id.map(Cow::Owned),
+                fcm_data: Cow::Owned(
+                    serde_json::value::to_raw_value(&fcm_data)
+                        .map_err(|e| (BalError::InvalidJson, format!("bad fields: {e}")))?,
+                ),
+            },
+            FromBal::Ack { sequence_id } => FromBalRef::Ack { sequence_id },
+            FromBal::Ping => FromBalRef::Ping,
+        })
     }
 }
 
@@ -255,6 +416,137 @@ impl ToBal {
     }
 }
 
+/// Sequenced and acceptance lines built directly, without going through
+/// [`ToBal`] and `serde_json::Value` (so without parsing and re-serializing
+/// `fcm_data`): the gateway's hot path. Each function returns the same JSON
+/// object as the matching [`ToBal::to_line`], without the newline; `fcm_data`
+/// is spliced in as given and must be one valid JSON value (line breaks in
+/// it, which JSON allows only as whitespace, become spaces).
+pub mod line {
+    /// Appends `s` as a JSON string literal, escaped as `serde_json` does.
+    pub fn push_str(out: &mut String, s: &str) {
+        out.push('"');
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let esc: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            out.push_str(&s[start..i]);
+            if esc.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 0xf) as usize] as char);
+            } else {
+                out.push_str(esc);
+            }
+            start = i + 1;
+        }
+        out.push_str(&s[start..]);
+        out.push('"');
+    }
+
+    /// Appends a JSON value given as text, keeping it on one line.
+    pub fn push_raw(out: &mut String, json: &str) {
+        if json.bytes().any(|b| b == b'\n' || b == b'\r') {
+            out.extend(
+                json.chars()
+                    .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+            );
+        } else {
+            out.push_str(json);
+        }
+    }
+
+    fn push_u64(out: &mut String, n: u64) {
+        use std::fmt::Write;
+        let _ = write!(out, "{n}");
+    }
+
+    /// `{"message_type":"DOWNSTREAM_ACCEPTED","message_id":..[,"duplicate":true]}`
+    pub fn downstream_accepted(message_id: &str, duplicate: bool) -> String {
+        let mut out = String::with_capacity(64 + message_id.len());
+        out.push_str("{\"message_type\":\"DOWNSTREAM_ACCEPTED\",\"message_id\":");
+        push_str(&mut out, message_id);
+        if duplicate {
+            out.push_str(",\"duplicate\":true");
+        }
+        out.push('}');
+        out
+    }
+
+    fn head(kind: &str, sequence_id: u64, session_id: &str, extra: usize) -> String {
+        let mut out = String::with_capacity(96 + session_id.len() + extra);
+        out.push_str("{\"message_type\":\"");
+        out.push_str(kind);
+        out.push_str("\",\"sequence_id\":");
+        push_u64(&mut out, sequence_id);
+        out.push_str(",\"session_id\":");
+        push_str(&mut out, session_id);
+        out
+    }
+
+    /// `{"message_type":"DOWNSTREAM_ACK","sequence_id":..,"session_id":..,"message_id":..,"fcm_data":..}`
+    pub fn downstream_ack(
+        sequence_id: u64,
+        session_id: &str,
+        message_id: &str,
+        fcm_data: &str,
+    ) -> String {
+        let mut out = head(
+            "DOWNSTREAM_ACK",
+            sequence_id,
+            session_id,
+            message_id.len() + fcm_data.len(),
+        );
+        out.push_str(",\"message_id\":");
+        push_str(&mut out, message_id);
+        out.push_str(",\"fcm_data\":");
+        push_raw(&mut out, fcm_data);
+        out.push('}');
+        out
+    }
+
+    /// `{"message_type":"DOWNSTREAM_RECEIPT","sequence_id":..,"session_id":..,"message_id":..,"fcm_data":..}`
+    pub fn downstream_receipt(
+        sequence_id: u64,
+        session_id: &str,
+        message_id: &str,
+        fcm_data: &str,
+    ) -> String {
+        let mut out = head(
+            "DOWNSTREAM_RECEIPT",
+            sequence_id,
+            session_id,
+            message_id.len() + fcm_data.len(),
+        );
+        out.push_str(",\"message_id\":");
+        push_str(&mut out, message_id);
+        out.push_str(",\"fcm_data\":");
+        push_raw(&mut out, fcm_data);
+        out.push('}');
+        out
+    }
+
+    /// `{"message_type":"UPSTREAM","sequence_id":..,"session_id":..,"fcm_data":..}`
+    pub fn upstream(sequence_id: u64, session_id: &str, fcm_data: &str) -> String {
+        let mut out = head("UPSTREAM", sequence_id, session_id, fcm_data.len());
+        out.push_str(",\"fcm_data\":");
+        push_raw(&mut out, fcm_data);
+        out.push('}');
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +572,9 @@ mod tests {
             Some(BalError::InvalidJson)
         );
         assert_eq!(
-            FromBal::parse(br#"{"message_type":"NOPE"}"#).err().map(|e| e.0),
+            FromBal::parse(br#"{"message_type":"NOPE"}"#)
+                .err()
+                .map(|e| e.0),
             Some(BalError::UnknownMessageType)
         );
         assert_eq!(
@@ -331,6 +625,127 @@ mod tests {
         assert_eq!(
             ToBal::Pong.to_line(),
             "{\"message_type\":\"PONG\"}\n".to_string()
+        );
+    }
+
+    /// The one-pass decoder agrees with the original two-pass one, answers
+    /// and error codes alike.
+    #[test]
+    fn fast_decoder_agrees_with_the_original() {
+        let lines: &[&[u8]] = &[
+            br#"{"message_type":"LOGON","session_id":"a","token":"t","x":1}"#,
+            br#"{"message_type":"LOGON","session_id":"a\u0041","token":"t"}"#,
+            br#"{"message_type":"LOGON","session_id":"a"}"#,
+            br#"{"message_type":"LOGON","session_id":5,"token":"t"}"#,
+            br#"{"message_type":"DOWNSTREAM","fcm_data":{"to":"x","data":{"a":"b"}}}"#,
+            br#"{"message_type":"DOWNSTREAM","group_id":"g","fcm_data":{"to":"x"}}"#,
+            br#"{"message_type":"DOWNSTREAM","group_id":null,"fcm_data":{"to":"x"}}"#,
+            br#"{"message_type":"DOWNSTREAM","group_id":7,"fcm_data":{"to":"x"}}"#,
+            br#"{"message_type":"DOWNSTREAM","fcm_data":null}"#,
+            br#"{"message_type":"DOWNSTREAM","fcm_data":[1,2]}"#,
+            br#"{"message_type":"DOWNSTREAM"}"#,
+            br#"{"message_type":"ACK","sequence_id":7}"#,
+            br#"{"message_type":"ACK","sequence_id":"x"}"#,
+            br#"{"message_type":"ACK","sequence_id":-1}"#,
+            br#"{"message_type":"ACK"}"#,
+            br#"{"message_type":"PING","token":1,"token":2}"#,
+            br#"{"message_type":"PING"}"#,
+            br#"{"message_type":"PING","sequence_id":"x"}"#,
+            br#"{"message_type":"NOPE"}"#,
+            br#"{"message_type":null}"#,
+            br#"{"message_type":5}"#,
+            br#"{"x":1}"#,
+            br#"["LOGON","a","t",null,null,null]"#,
+            br#"  {"message_type":"ACK","sequence_id":1}  "#,
+            b"not json",
+            b"",
+            b"{",
+        ];
+        for line in lines {
+            let fast = FromBal::parse(line);
+            let slow = FromBal::parse_slow(line);
+            assert_eq!(
+                fast.as_ref().map_err(|e| e.0),
+                slow.as_ref().map_err(|e| e.0),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // fcm_data stays the text the BAL sent.
+        let l = br#"{"message_type":"DOWNSTREAM","fcm_data":{"to":"x", "b":1}}"#;
+        match FromBalRef::parse(l) {
+            Ok(FromBalRef::Downstream { fcm_data, .. }) => {
+                assert_eq!(fcm_data.get(), r#"{"to":"x", "b":1}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The direct line builders produce what `ToBal::to_line` produces.
+    #[test]
+    fn line_builders_match_to_line() {
+        let weird = "a\"b\\c\nd\u{1}\u{8}\u{c}\té/\u{7f}";
+        let data = serde_json::json!({"from":"tok","message_id":weird,"message_type":"ack"});
+        let raw = data.to_string();
+        let cases = [
+            (
+                line::downstream_accepted(weird, false),
+                ToBal::DownstreamAccepted {
+                    message_id: weird.into(),
+                    duplicate: false,
+                },
+            ),
+            (
+                line::downstream_accepted("m", true),
+                ToBal::DownstreamAccepted {
+                    message_id: "m".into(),
+                    duplicate: true,
+                },
+            ),
+            (
+                line::downstream_ack(u64::MAX, weird, weird, &raw),
+                ToBal::DownstreamAck {
+                    sequence_id: u64::MAX,
+                    session_id: weird.into(),
+                    message_id: weird.into(),
+                    fcm_data: data.clone(),
+                },
+            ),
+            (
+                line::downstream_receipt(3, "s", "m", &raw),
+                ToBal::DownstreamReceipt {
+                    sequence_id: 3,
+                    session_id: "s".into(),
+                    message_id: "m".into(),
+                    fcm_data: data.clone(),
+                },
+            ),
+            (
+                line::upstream(4, "s", &raw),
+                ToBal::Upstream {
+                    sequence_id: 4,
+                    session_id: "s".into(),
+                    fcm_data: data.clone(),
+                },
+            ),
+        ];
+        for (built, msg) in cases {
+            let mut expected = msg.to_line();
+            expected.pop();
+            assert_eq!(built, expected);
+        }
+        // Pretty-printed fcm_data stays on one line and means the same.
+        let pretty = serde_json::to_string_pretty(&data).unwrap();
+        let l = line::upstream(5, "s", &pretty);
+        assert!(!l.contains('\n') && !l.contains('\r'));
+        let back: ToBal = serde_json::from_str(&l).unwrap();
+        assert_eq!(
+            back,
+            ToBal::Upstream {
+                sequence_id: 5,
+                session_id: "s".into(),
+                fcm_data: data
+            }
         );
     }
 }

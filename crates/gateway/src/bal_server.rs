@@ -6,7 +6,7 @@
 
 use crate::config::{BalConfig, Secret};
 use crate::engine::{line_of, Cmd, ConnId, Incoming, Out};
-use bal::proto::{BalError, FromBal, ToBal};
+use bal::proto::{BalError, FromBalRef, ToBal};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -105,7 +105,11 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
     let closed = CancellationToken::new();
     let writer = tokio::spawn(write_loop(w, out_rx, closed.clone()));
-    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), shared.cfg.max_line_bytes);
+    let codec = AnyDelimiterCodec::new_with_max_length(
+        b"\n".to_vec(),
+        Vec::new(),
+        shared.cfg.max_line_bytes,
+    );
     let mut lines = FramedRead::with_capacity(r, codec, 64 * 1024);
 
     let session = match logon(&mut lines, &shared, &out_tx, conn, &closed, &shutdown).await {
@@ -126,7 +130,13 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
             None => break,
             Some(Ok(l)) => l,
             Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
-                send(&out_tx, &ToBal::error(BalError::LineTooLong, format!("line longer than {} bytes", shared.cfg.max_line_bytes)));
+                send(
+                    &out_tx,
+                    &ToBal::error(
+                        BalError::LineTooLong,
+                        format!("line longer than {} bytes", shared.cfg.max_line_bytes),
+                    ),
+                );
                 break;
             }
             Some(Err(AnyDelimiterCodecError::Io(_))) => break,
@@ -135,20 +145,43 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
         if line.is_empty() {
             continue;
         }
-        match FromBal::parse(line) {
-            Ok(FromBal::Ping) => send(&out_tx, &ToBal::Pong),
-            Ok(FromBal::Ack { sequence_id }) => {
-                if shared.engine.send(Cmd::Ack { session: session.clone(), conn, seq: sequence_id }).await.is_err() {
+        match FromBalRef::parse(line) {
+            Ok(FromBalRef::Ping) => send(&out_tx, &ToBal::Pong),
+            Ok(FromBalRef::Ack { sequence_id }) => {
+                if shared
+                    .engine
+                    .send(Cmd::Ack {
+                        session: session.clone(),
+                        conn,
+                        seq: sequence_id,
+                    })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
-            Ok(FromBal::Downstream { group_id, fcm_data }) => {
-                let inc = prepare(&shared, &session, conn, group_id, fcm_data);
-                if shared.engine.send(Cmd::Downstream(Box::new(inc))).await.is_err() {
+            Ok(FromBalRef::Downstream { group_id, fcm_data }) => {
+                let inc = prepare(
+                    &shared,
+                    &session,
+                    conn,
+                    group_id.map(|g| g.into_owned()),
+                    fcm_data.get(),
+                );
+                if shared
+                    .engine
+                    .send(Cmd::Downstream(Box::new(inc)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
-            Ok(FromBal::Logon { .. }) => send(&out_tx, &ToBal::error(BalError::UnknownMessageType, "already logged on")),
+            Ok(FromBalRef::Logon { .. }) => send(
+                &out_tx,
+                &ToBal::error(BalError::UnknownMessageType, "already logged on"),
+            ),
             Err((code, desc)) => send(&out_tx, &ToBal::error(code, desc)),
         }
     }
@@ -163,7 +196,7 @@ fn trim_cr(b: &Bytes) -> &[u8] {
 }
 
 fn send(out: &mpsc::UnboundedSender<Out>, m: &ToBal) {
-    let _ = out.send(Out::Line(Arc::from(line_of(m))));
+    let _ = out.send(Out::Owned(line_of(m)));
 }
 
 async fn logon(
@@ -183,7 +216,10 @@ async fn logon(
     let line = match first {
         Err(_) => {
             tracing::debug!(conn, "BAL logon timeout");
-            send(out, &ToBal::error(BalError::NotLoggedOn, "no LOGON within logon_timeout_secs"));
+            send(
+                out,
+                &ToBal::error(BalError::NotLoggedOn, "no LOGON within logon_timeout_secs"),
+            );
             return None;
         }
         Ok(None) | Ok(Some(Err(AnyDelimiterCodecError::Io(_)))) => return None,
@@ -193,8 +229,9 @@ async fn logon(
         }
         Ok(Some(Ok(l))) => l,
     };
-    match FromBal::parse(trim_cr(&line)) {
-        Ok(FromBal::Logon { session_id, token }) => {
+    match FromBalRef::parse(trim_cr(&line)) {
+        Ok(FromBalRef::Logon { session_id, token }) => {
+            let (session_id, token) = (session_id.into_owned(), token.into_owned());
             let ok = match shared.tokens.get(&session_id) {
                 Some(t) => same_secret(t.expose().as_bytes(), token.as_bytes()),
                 None => {
@@ -206,7 +243,11 @@ async fn logon(
             let session = shared.sessions.get(&session_id).cloned();
             match (ok, session) {
                 (true, Some(session)) => {
-                    let cmd = Cmd::Attach { session: session.clone(), conn, out: out.clone() };
+                    let cmd = Cmd::Attach {
+                        session: session.clone(),
+                        conn,
+                        out: out.clone(),
+                    };
                     shared.engine.send(cmd).await.ok()?;
                     Some(session)
                 }
@@ -226,7 +267,10 @@ async fn logon(
             }
         }
         Ok(_) => {
-            send(out, &ToBal::error(BalError::NotLoggedOn, "the first message must be LOGON"));
+            send(
+                out,
+                &ToBal::error(BalError::NotLoggedOn, "the first message must be LOGON"),
+            );
             None
         }
         Err((code, desc)) => {
@@ -236,36 +280,51 @@ async fn logon(
     }
 }
 
-/// Validates a DOWNSTREAM and prepares it for the engine.
+/// Validates a DOWNSTREAM and prepares it for the engine. `raw` is the
+/// `fcm_data` JSON as the BAL sent it: when it has a `message_id` it is
+/// stored and sent as is (no re-serialization); otherwise gimmm generates an
+/// id and serializes the message with it.
 fn prepare(
     shared: &Shared,
     session: &Arc<str>,
     conn: ConnId,
     group_id: Option<String>,
-    mut fcm_data: serde_json::Value,
+    raw: &str,
 ) -> Incoming {
-    let mut message_id = fcm_data
+    let mut fcm_data: serde_json::Value =
+        serde_json::from_str(raw).unwrap_or(serde_json::Value::Null);
+    let given = fcm_data
         .get("message_id")
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    if message_id.is_none() {
-        let generated = format!("{}{}", shared.id_prefix, shared.next_msg.fetch_add(1, Ordering::Relaxed));
-        if let Some(obj) = fcm_data.as_object_mut() {
-            if !obj.contains_key("message_id") {
-                obj.insert("message_id".into(), serde_json::Value::String(generated.clone()));
+    let (message_id, body) = match given {
+        Some(id) => (id, raw.to_string()),
+        None => {
+            let generated = format!(
+                "{}{}",
+                shared.id_prefix,
+                shared.next_msg.fetch_add(1, Ordering::Relaxed)
+            );
+            if let Some(obj) = fcm_data.as_object_mut() {
+                if !obj.contains_key("message_id") {
+                    obj.insert(
+                        "message_id".into(),
+                        serde_json::Value::String(generated.clone()),
+                    );
+                }
             }
+            let body = serde_json::to_string(&fcm_data).unwrap_or_default();
+            (generated, body)
         }
-        message_id = Some(generated);
-    }
-    let message_id = message_id.unwrap_or_default();
-    let body = serde_json::to_string(&fcm_data).unwrap_or_default();
+    };
     let now = store::now_ms();
-    match fcm::validate_downstream(&fcm_data) {
+    match fcm::validate_downstream_owned(fcm_data) {
         Ok(d) => {
             let ttl = d.time_to_live.map(u64::from).unwrap_or(DEFAULT_TTL);
             // TTL 0 means "now or never" at FCM; give it one second to leave gimmm.
             let ttl_ms = (ttl * 1000).max(1000) as i64;
-            let target = d.to.clone().or(d.condition.clone()).unwrap_or_default();
+            let receipt = d.delivery_receipt_requested.unwrap_or(false);
+            let target = d.to.or(d.condition).unwrap_or_default();
             Incoming {
                 session: session.clone(),
                 conn,
@@ -273,7 +332,7 @@ fn prepare(
                 message_id,
                 body,
                 expires_at_ms: now + ttl_ms,
-                receipt: d.delivery_receipt_requested.unwrap_or(false),
+                receipt,
                 target,
                 rejected: None,
             }
@@ -303,7 +362,14 @@ async fn write_loop(
         while let Some(item) = next {
             match item {
                 Out::Line(l) => {
-                    if w.write_all(l.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err() {
+                    if w.write_all(l.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err()
+                    {
+                        break 'outer;
+                    }
+                }
+                Out::Owned(l) => {
+                    if w.write_all(l.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err()
+                    {
                         break 'outer;
                     }
                 }

@@ -19,11 +19,12 @@
 use crate::backoff::Backoff;
 use crate::config::RetryConfig;
 use crate::link::{self, LinkCmd, LinkEvent, LinkId, LinkParams};
-use bal::proto::{BalError, ToBal};
+use bal::proto::{line, BalError, ToBal};
 use fcm::{ErrorCode, Inbound, RetryClass};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 use store::{now_ms, Batch, Committed, NewDownstream, Op, Store};
@@ -37,10 +38,59 @@ pub type ConnId = u64;
 /// Something written to a BAL connection.
 #[derive(Debug, Clone)]
 pub enum Out {
-    /// One JSON line (without the newline).
+    /// One JSON line (without the newline), shared with the outbox.
     Line(Arc<str>),
+    /// One JSON line (without the newline) sent once.
+    Owned(String),
     /// Close the connection after what was queued.
     Close,
+}
+
+/// Hasher for the engine's own row ids (sequential integers, not chosen by
+/// anyone outside): one multiplication instead of SipHash.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// Metric handles resolved once (the hot path then only bumps atomics).
+struct Meters {
+    received: metrics::Counter,
+    sent: metrics::Counter,
+    final_ack: metrics::Counter,
+    upstream: metrics::Counter,
+    receipts: metrics::Counter,
+    commit_seconds: metrics::Histogram,
+    group_size: metrics::Histogram,
+}
+
+impl Meters {
+    fn new() -> Meters {
+        Meters {
+            received: metrics::counter!("gimmm_downstream_received_total"),
+            sent: metrics::counter!("gimmm_downstream_sent_total"),
+            final_ack: metrics::counter!("gimmm_downstream_final_total", "state" => "ack"),
+            upstream: metrics::counter!("gimmm_upstream_received_total"),
+            receipts: metrics::counter!("gimmm_receipts_received_total"),
+            commit_seconds: metrics::histogram!("gimmm_store_commit_seconds"),
+            group_size: metrics::histogram!("gimmm_store_batch_group_size"),
+        }
+    }
 }
 
 /// A validated (or rejected) DOWNSTREAM from a BAL.
@@ -167,9 +217,21 @@ pub struct SessionInfo {
 /// What runs after a batch is on disk.
 #[derive(Debug)]
 enum Effect {
-    Accepted { id: u64, msg: Box<Msg>, conn: ConnId },
-    Outbox { session: Arc<str>, seq: u64, line: Arc<str> },
-    AckFcm { link: LinkId, to: String, message_id: String },
+    Accepted {
+        id: u64,
+        msg: Box<Msg>,
+        conn: ConnId,
+    },
+    Outbox {
+        session: Arc<str>,
+        seq: u64,
+        line: Arc<str>,
+    },
+    AckFcm {
+        link: LinkId,
+        to: String,
+        message_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +264,8 @@ struct LinkState {
     tx: mpsc::UnboundedSender<LinkCmd>,
     ready: bool,
     draining: bool,
-    pending: HashMap<Arc<str>, u64>,
+    /// Messages sent on this link and not answered (they are in `wire`).
+    pending: usize,
 }
 
 struct SessionState {
@@ -228,12 +291,24 @@ impl SessionState {
 /// How often expired messages are swept while no link takes them.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// Upstream / receipt ids remembered in memory to spot FCM's resends
+/// without touching the store.
+const UPSTREAM_RECENT: usize = 16_384;
+
+/// Writes nothing waits on (a BAL's ACK deleting its outbox row, retry
+/// bookkeeping) join the next batch that has effects instead of costing a
+/// commit (and an fsync) of their own — for at most this long...
+const LAZY_MAX_DELAY: Duration = Duration::from_millis(50);
+/// ...or this many writes. Losing them in a crash is harmless: the BAL sees
+/// the sequenced message again (same sequence id), a retry counts again.
+const LAZY_MAX_OPS: usize = 4096;
+
 /// The engine. Build with [`Engine::new`], run with [`Engine::run`].
 pub struct Engine {
     cfg: EngineConfig,
     store: Store,
     sessions: HashMap<Arc<str>, SessionState>,
-    msgs: HashMap<u64, Msg>,
+    msgs: IdMap<Msg>,
     ready: VecDeque<u64>,
     groups: HashMap<(Arc<str>, Arc<str>), GroupQ>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -241,7 +316,8 @@ pub struct Engine {
     links: BTreeMap<LinkId, LinkState>,
     next_link: LinkId,
     link_tx: mpsc::UnboundedSender<LinkEvent>,
-    wire: HashMap<Arc<str>, u64>,
+    /// Messages on the wire by message id: (row id, link).
+    wire: HashMap<Arc<str>, (u64, LinkId)>,
     collided: Vec<u64>,
     receipts: HashMap<String, (Arc<str>, u64)>,
     upstream_recent: HashSet<String>,
@@ -250,7 +326,16 @@ pub struct Engine {
     batch_no: u64,
     batch: Vec<Op>,
     effects: Vec<Effect>,
-    awaiting: VecDeque<(u64, Vec<Effect>)>,
+    /// Batches submitted and not yet on disk: (batch no, effects, highest
+    /// sequence id and row id handed out when it was formed).
+    awaiting: VecDeque<(u64, Vec<Effect>, u64, u64)>,
+    /// Highest sequence id / downstream row id known to be on disk: paging
+    /// reads stop there (a commit is visible a moment before it is durable).
+    durable_seq: u64,
+    durable_id: u64,
+    /// Since when `batch` holds writes without effects (see [`LAZY_MAX_DELAY`]).
+    lazy_since: Option<Instant>,
+    meters: Meters,
     down_spilled: bool,
     down_max_loaded: u64,
     reconnect: Backoff,
@@ -289,7 +374,7 @@ impl Engine {
             cfg,
             store,
             sessions,
-            msgs: HashMap::new(),
+            msgs: IdMap::default(),
             ready: VecDeque::new(),
             groups: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -307,6 +392,10 @@ impl Engine {
             batch: Vec::new(),
             effects: Vec::new(),
             awaiting: VecDeque::new(),
+            durable_seq: recovery.next_seq.saturating_sub(1),
+            durable_id: recovery.next_id.saturating_sub(1),
+            lazy_since: None,
+            meters: Meters::new(),
             down_spilled: recovery.queued > 0,
             down_max_loaded: 0,
             auth_error: None,
@@ -357,7 +446,7 @@ impl Engine {
         }
         // Drain: links close their streams themselves on the shutdown token.
         // Commit what is pending so every promise made is kept.
-        self.flush_batch();
+        self.flush_batch_now();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.awaiting.is_empty() {
             match tokio::time::timeout_at(deadline, commit_rx.recv()).await {
@@ -386,6 +475,9 @@ impl Engine {
 
     fn next_deadline(&self) -> Instant {
         let mut d = self.next_sweep;
+        if let Some(t) = self.lazy_since {
+            d = d.min(t + LAZY_MAX_DELAY);
+        }
         if let Some(Reverse((t, _))) = self.timers.peek() {
             d = d.min(*t);
         }
@@ -410,7 +502,7 @@ impl Engine {
                 tx,
                 ready: false,
                 draining: false,
-                pending: HashMap::new(),
+                pending: 0,
             },
         );
         metrics::gauge!("gimmm_links").set(self.links.len() as f64);
@@ -453,11 +545,18 @@ impl Engine {
                     return;
                 };
                 // Everything unacked goes back to the front, in order.
-                let mut back: Vec<u64> = l.pending.values().copied().collect();
+                let mut back: Vec<u64> = Vec::new();
+                self.wire.retain(|_, (id, on)| {
+                    if *on == link {
+                        back.push(*id);
+                        false
+                    } else {
+                        true
+                    }
+                });
                 back.sort_unstable();
                 for id in back.into_iter().rev() {
                     if let Some(m) = self.msgs.get_mut(&id) {
-                        self.wire.remove(&m.message_id);
                         m.state = MsgState::Queued;
                         self.ready.push_front(id);
                     }
@@ -478,8 +577,8 @@ impl Engine {
     fn best_link(&self) -> Option<LinkId> {
         self.links
             .iter()
-            .filter(|(_, l)| l.ready && !l.draining && l.pending.len() < self.cfg.max_pending)
-            .min_by_key(|(_, l)| l.pending.len())
+            .filter(|(_, l)| l.ready && !l.draining && l.pending < self.cfg.max_pending)
+            .min_by_key(|(_, l)| l.pending)
             .map(|(id, _)| *id)
     }
 
@@ -489,7 +588,7 @@ impl Engine {
         }
         let now = Instant::now();
         let now_wall = now_ms();
-        let mut batches: HashMap<LinkId, Vec<Arc<str>>> = HashMap::new();
+        let mut batches: Vec<(LinkId, Vec<Arc<str>>)> = Vec::new();
         while let Some(link) = self.best_link() {
             let Some(id) = self.ready.pop_front() else {
                 break;
@@ -501,10 +600,17 @@ impl Engine {
                 continue;
             }
             if m.expires_at_ms < now_wall {
-                self.finish_reject(id, "EXPIRED", "time_to_live ran out before the message could be sent");
+                self.finish_reject(
+                    id,
+                    "EXPIRED",
+                    "time_to_live ran out before the message could be sent",
+                );
                 continue;
             }
-            if let Some(until) = self.target_backoff.get(&m.target) {
+            if let Some(until) = (!self.target_backoff.is_empty())
+                .then(|| self.target_backoff.get(&m.target))
+                .flatten()
+            {
                 if *until > now {
                     m.state = MsgState::Waiting;
                     self.timers.push(Reverse((*until, id)));
@@ -518,15 +624,18 @@ impl Engine {
                 continue;
             }
             m.state = MsgState::InFlight(link);
-            self.wire.insert(m.message_id.clone(), id);
+            self.wire.insert(m.message_id.clone(), (id, link));
             let body = m.body.clone();
             if let Some(l) = self.links.get_mut(&link) {
-                l.pending.insert(m.message_id.clone(), id);
+                l.pending += 1;
             }
-            batches.entry(link).or_default().push(body);
+            match batches.iter_mut().find(|(l, _)| *l == link) {
+                Some((_, v)) => v.push(body),
+                None => batches.push((link, vec![body])),
+            }
         }
         for (link, bodies) in batches {
-            metrics::counter!("gimmm_downstream_sent_total").increment(bodies.len() as u64);
+            self.meters.sent.increment(bodies.len() as u64);
             if let Some(l) = self.links.get(&link) {
                 let _ = l.tx.send(LinkCmd::Send(bodies));
             }
@@ -547,15 +656,15 @@ impl Engine {
                     tracing::debug!(link, message_id = %a.message_id, "ack for a message not in flight");
                     return;
                 };
-                let fcm_data = serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
-                self.finish_ack(id, fcm_data);
+                self.finish_ack(id, &raw);
             }
             Inbound::Nack(n) => {
                 let Some(id) = self.take_pending(link, &n.message_id) else {
                     tracing::debug!(link, message_id = %n.message_id, "nack for a message not in flight");
                     return;
                 };
-                metrics::counter!("gimmm_nacks_total", "code" => n.error.as_str().to_string()).increment(1);
+                metrics::counter!("gimmm_nacks_total", "code" => n.error.as_str().to_string())
+                    .increment(1);
                 let desc = n.error_description.clone().unwrap_or_default();
                 match n.error.retry_class() {
                     RetryClass::Final => self.finish_reject(id, n.error.as_str(), &desc),
@@ -563,7 +672,7 @@ impl Engine {
                 }
             }
             Inbound::Upstream(u) => {
-                metrics::counter!("gimmm_upstream_received_total").increment(1);
+                self.meters.upstream.increment(1);
                 if !self.first_time(&u.message_id) {
                     // FCM resent something we stored: ack it again.
                     self.effects.push(Effect::AckFcm {
@@ -573,31 +682,33 @@ impl Engine {
                     });
                     return;
                 }
-                self.batch.push(Op::UpstreamSeen {
-                    message_id: u.message_id.clone(),
-                });
-                let session = self.sessions.get_key_value(u.category.as_str()).map(|(k, _)| k.clone());
-                let fcm_data = serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
+                let session = self
+                    .sessions
+                    .get_key_value(u.category.as_str())
+                    .map(|(k, _)| k.clone());
+                let mut then = Vec::with_capacity(1);
                 match session {
                     Some(session) => {
                         let seq = self.take_seq();
-                        let line = ToBal::Upstream {
-                            sequence_id: seq,
-                            session_id: session.to_string(),
-                            fcm_data,
-                        };
-                        self.queue_outbox(session, seq, &line);
+                        let l = line::upstream(seq, &session, &raw);
+                        then.push(self.outbox_op(session, seq, l));
                     }
                     None => {
                         tracing::warn!(category = %u.category, "upstream message for an unknown category stored as unroutable");
                         metrics::counter!("gimmm_upstream_unroutable_total").increment(1);
                         self.unroutable += 1;
-                        self.batch.push(Op::Unroutable {
+                        then.push(Op::Unroutable {
                             category: u.category.clone(),
                             body: raw,
                         });
                     }
                 }
+                // Stored only if this id is new (the store decides: FCM
+                // resends what was not acked, also across our restarts).
+                self.batch.push(Op::Upstream {
+                    message_id: u.message_id.clone(),
+                    then,
+                });
                 self.effects.push(Effect::AckFcm {
                     link,
                     to: u.from,
@@ -605,7 +716,7 @@ impl Engine {
                 });
             }
             Inbound::Receipt(r) => {
-                metrics::counter!("gimmm_receipts_received_total").increment(1);
+                self.meters.receipts.increment(1);
                 let to = r.from.clone().unwrap_or_default();
                 if !self.first_time(&r.message_id) {
                     self.effects.push(Effect::AckFcm {
@@ -615,9 +726,7 @@ impl Engine {
                     });
                     return;
                 }
-                self.batch.push(Op::UpstreamSeen {
-                    message_id: r.message_id.clone(),
-                });
+                let mut then = Vec::with_capacity(2);
                 let orig = r.data.original_message_id.clone();
                 let target = match self.receipts.remove(&orig) {
                     Some(t) => Some(t),
@@ -628,7 +737,7 @@ impl Engine {
                 };
                 let session = match &target {
                     Some((s, id)) => {
-                        self.batch.push(Op::ReceiptDone { id: *id });
+                        then.push(Op::ReceiptDone { id: *id });
                         Some(s.clone())
                     }
                     None => r
@@ -636,27 +745,25 @@ impl Engine {
                         .as_deref()
                         .and_then(|c| self.sessions.get_key_value(c).map(|(k, _)| k.clone())),
                 };
-                let fcm_data: serde_json::Value = serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
                 match session {
                     Some(session) => {
                         let seq = self.take_seq();
-                        let line = ToBal::DownstreamReceipt {
-                            sequence_id: seq,
-                            session_id: session.to_string(),
-                            message_id: orig,
-                            fcm_data,
-                        };
-                        self.queue_outbox(session, seq, &line);
+                        let l = line::downstream_receipt(seq, &session, &orig, &raw);
+                        then.push(self.outbox_op(session, seq, l));
                     }
                     None => {
                         self.unroutable += 1;
                         metrics::counter!("gimmm_upstream_unroutable_total").increment(1);
-                        self.batch.push(Op::Unroutable {
+                        then.push(Op::Unroutable {
                             category: r.category.clone().unwrap_or_default(),
                             body: raw,
                         });
                     }
                 }
+                self.batch.push(Op::Upstream {
+                    message_id: r.message_id.clone(),
+                    then,
+                });
                 self.effects.push(Effect::AckFcm {
                     link,
                     to,
@@ -669,15 +776,14 @@ impl Engine {
         }
     }
 
-    /// False when this upstream/receipt id was already stored.
+    /// False when this upstream/receipt id was seen recently (an FCM resend
+    /// after a reconnect: ack it again, write nothing). Older repeats are
+    /// caught by the store ([`Op::Upstream`]), without a read here.
     fn first_time(&mut self, message_id: &str) -> bool {
         if self.upstream_recent.contains(message_id) {
             return false;
         }
-        if matches!(self.store.upstream_seen(message_id), Ok(true)) {
-            return false;
-        }
-        if self.upstream_recent.len() > 100_000 {
+        if self.upstream_recent.len() >= UPSTREAM_RECENT {
             self.upstream_recent.clear();
         }
         self.upstream_recent.insert(message_id.to_string());
@@ -685,8 +791,14 @@ impl Engine {
     }
 
     fn take_pending(&mut self, link: LinkId, message_id: &str) -> Option<u64> {
-        let id = self.links.get_mut(&link)?.pending.remove(message_id)?;
-        self.wire.remove(message_id);
+        match self.wire.get(message_id) {
+            Some((_, on)) if *on == link => {}
+            _ => return None,
+        }
+        let (id, _) = self.wire.remove(message_id)?;
+        if let Some(l) = self.links.get_mut(&link) {
+            l.pending = l.pending.saturating_sub(1);
+        }
         if !self.collided.is_empty() {
             self.release_collided();
         }
@@ -694,10 +806,15 @@ impl Engine {
     }
 
     fn schedule_retry(&mut self, id: u64, class: RetryClass, code: &ErrorCode, desc: &str) {
-        let Some(m) = self.msgs.get_mut(&id) else { return };
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return;
+        };
         m.attempts += 1;
         if m.attempts >= self.cfg.retry.max_attempts {
-            let d = format!("gave up after {} attempts; last error {code}: {desc}", m.attempts);
+            let d = format!(
+                "gave up after {} attempts; last error {code}: {desc}",
+                m.attempts
+            );
             self.finish_reject(id, "MAX_RETRIES", &d);
             return;
         }
@@ -726,19 +843,27 @@ impl Engine {
         s
     }
 
-    fn queue_outbox(&mut self, session: Arc<str>, seq: u64, msg: &ToBal) {
-        let mut line = msg.to_line();
-        line.pop(); // the newline is added by the writer
-        self.batch.push(Op::InsertOutbox {
-            seq,
-            session: session.clone(),
-            body: line.clone(),
-        });
+    /// Stores a sequenced line (without newline) and queues it for the
+    /// session once it is on disk.
+    fn queue_outbox(&mut self, session: Arc<str>, seq: u64, line: String) {
+        let op = self.outbox_op(session, seq, line);
+        self.batch.push(op);
+    }
+
+    /// The write of a sequenced line, whose delivery waits for the commit
+    /// (and is skipped if the store reports the seq as repeated).
+    fn outbox_op(&mut self, session: Arc<str>, seq: u64, line: String) -> Op {
+        let line: Arc<str> = Arc::from(line);
         self.effects.push(Effect::Outbox {
-            session,
+            session: session.clone(),
             seq,
-            line: Arc::from(line),
+            line: line.clone(),
         });
+        Op::InsertOutbox {
+            seq,
+            session,
+            body: line,
+        }
     }
 
     fn remove_msg(&mut self, id: u64) -> Option<Msg> {
@@ -767,22 +892,17 @@ impl Engine {
         Some(m)
     }
 
-    fn finish_ack(&mut self, id: u64, fcm_data: serde_json::Value) {
+    fn finish_ack(&mut self, id: u64, raw: &str) {
         let Some(m) = self.remove_msg(id) else { return };
-        metrics::counter!("gimmm_downstream_final_total", "state" => "ack").increment(1);
+        self.meters.final_ack.increment(1);
         tracing::debug!(session = %m.session, message_id = %m.message_id, "downstream acked");
         if m.receipt {
             self.receipts
                 .insert(m.message_id.to_string(), (m.session.clone(), id));
         }
         let seq = self.take_seq();
-        let line = ToBal::DownstreamAck {
-            sequence_id: seq,
-            session_id: m.session.to_string(),
-            message_id: m.message_id.to_string(),
-            fcm_data,
-        };
-        self.queue_outbox(m.session, seq, &line);
+        let l = line::downstream_ack(seq, &m.session, &m.message_id, raw);
+        self.queue_outbox(m.session, seq, l);
     }
 
     fn finish_reject(&mut self, id: u64, code: &str, desc: &str) {
@@ -790,9 +910,17 @@ impl Engine {
         self.reject_line(&m.session, &m.message_id, &m.body, code, desc);
     }
 
-    fn reject_line(&mut self, session: &Arc<str>, message_id: &str, body: &str, code: &str, desc: &str) {
+    fn reject_line(
+        &mut self,
+        session: &Arc<str>,
+        message_id: &str,
+        body: &str,
+        code: &str,
+        desc: &str,
+    ) {
         metrics::counter!("gimmm_downstream_final_total", "state" => "reject").increment(1);
-        metrics::counter!("gimmm_downstream_rejected_total", "code" => code.to_string()).increment(1);
+        metrics::counter!("gimmm_downstream_rejected_total", "code" => code.to_string())
+            .increment(1);
         tracing::debug!(%session, %message_id, code, "downstream rejected");
         let seq = self.take_seq();
         let line = ToBal::DownstreamReject {
@@ -803,7 +931,7 @@ impl Engine {
             error_description: desc.to_string(),
             fcm_data: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
         };
-        self.queue_outbox(session.clone(), seq, &line);
+        self.queue_outbox(session.clone(), seq, line_of(&line));
     }
 
     // ----- BAL side ----------------------------------------------------
@@ -811,16 +939,21 @@ impl Engine {
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Attach { session, conn, out } => {
-                let st = self.sessions.entry(session.clone()).or_insert_with(SessionState::new);
+                let st = self
+                    .sessions
+                    .entry(session.clone())
+                    .or_insert_with(SessionState::new);
                 if let Some((old, old_out)) = st.conn.take() {
                     tracing::info!(%session, old, new = conn, "session taken over");
-                    let _ = old_out.send(Out::Line(Arc::from(
-                        line_of(&ToBal::error(BalError::SessionTakenOver, "another connection logged on to this session")),
-                    )));
+                    let _ = old_out.send(Out::Line(Arc::from(line_of(&ToBal::error(
+                        BalError::SessionTakenOver,
+                        "another connection logged on to this session",
+                    )))));
                     let _ = old_out.send(Out::Close);
                 }
                 // Unacked messages are redelivered on the new connection.
-                let back: Vec<(u64, Arc<str>)> = std::mem::take(&mut st.inflight).into_iter().collect();
+                let back: Vec<(u64, Arc<str>)> =
+                    std::mem::take(&mut st.inflight).into_iter().collect();
                 for item in back.into_iter().rev() {
                     st.queue.push_front(item);
                 }
@@ -838,7 +971,8 @@ impl Engine {
                 if let Some(st) = self.sessions.get_mut(&session) {
                     if matches!(&st.conn, Some((c, _)) if *c == conn) {
                         st.conn = None;
-                        let back: Vec<(u64, Arc<str>)> = std::mem::take(&mut st.inflight).into_iter().collect();
+                        let back: Vec<(u64, Arc<str>)> =
+                            std::mem::take(&mut st.inflight).into_iter().collect();
                         for item in back.into_iter().rev() {
                             st.queue.push_front(item);
                         }
@@ -848,7 +982,9 @@ impl Engine {
                 self.session_gauge();
             }
             Cmd::Ack { session, conn, seq } => {
-                let Some(st) = self.sessions.get_mut(&session) else { return };
+                let Some(st) = self.sessions.get_mut(&session) else {
+                    return;
+                };
                 let known = if st.inflight.remove(&seq).is_some() {
                     true
                 } else if let Some(pos) = st.queue.iter().position(|(s, _)| *s == seq) {
@@ -858,7 +994,10 @@ impl Engine {
                     false
                 };
                 if known {
-                    self.batch.push(Op::DeleteOutbox { seq });
+                    self.batch.push(Op::DeleteOutbox {
+                        session: session.clone(),
+                        seq,
+                    });
                     self.pump_session(&session);
                 } else if let Some((c, out)) = &st.conn {
                     if *c == conn {
@@ -882,10 +1021,16 @@ impl Engine {
     }
 
     fn on_downstream(&mut self, inc: Incoming) {
-        metrics::counter!("gimmm_downstream_received_total").increment(1);
+        self.meters.received.increment(1);
         if let Some((code, desc)) = inc.rejected {
             // Never sent: the REJECT is the final result (sequenced, stored).
-            self.reject_line(&inc.session, &inc.message_id, &inc.body, code.as_str(), &desc);
+            self.reject_line(
+                &inc.session,
+                &inc.message_id,
+                &inc.body,
+                code.as_str(),
+                &desc,
+            );
             return;
         }
         let id = self.next_id;
@@ -922,7 +1067,7 @@ impl Engine {
         if let Some(st) = self.sessions.get(session) {
             if let Some((c, out)) = &st.conn {
                 if *c == conn {
-                    let _ = out.send(Out::Line(Arc::from(line)));
+                    let _ = out.send(Out::Owned(line));
                 }
             }
         }
@@ -931,12 +1076,17 @@ impl Engine {
     fn pump_session(&mut self, session: &Arc<str>) {
         let max = self.cfg.max_unacked;
         let limit = self.cfg.mem_outbox;
-        let store = self.store.clone();
-        let Some(st) = self.sessions.get_mut(session) else { return };
+        let durable = self.durable_seq;
+        let Some(st) = self.sessions.get_mut(session) else {
+            return;
+        };
         let Some((_, out)) = &st.conn else { return };
         while st.inflight.len() < max {
             if st.queue.is_empty() && st.spilled {
-                match store.load_outbox(session, st.max_loaded, limit) {
+                match self
+                    .store
+                    .load_outbox_upto(session, st.max_loaded, durable, limit)
+                {
                     Ok(rows) => {
                         st.spilled = rows.len() == limit;
                         for r in rows {
@@ -950,7 +1100,9 @@ impl Engine {
                     }
                 }
             }
-            let Some((seq, line)) = st.queue.pop_front() else { break };
+            let Some((seq, line)) = st.queue.pop_front() else {
+                break;
+            };
             if out.send(Out::Line(line.clone())).is_err() {
                 st.queue.push_front((seq, line));
                 break;
@@ -965,23 +1117,59 @@ impl Engine {
         if self.batch.is_empty() && self.effects.is_empty() {
             return;
         }
+        if self.effects.is_empty() && self.batch.len() < LAZY_MAX_OPS {
+            let now = Instant::now();
+            match self.lazy_since {
+                None => {
+                    self.lazy_since = Some(now);
+                    return;
+                }
+                Some(t) if now < t + LAZY_MAX_DELAY => return,
+                Some(_) => {}
+            }
+        }
+        self.flush_batch_now();
+    }
+
+    fn flush_batch_now(&mut self) {
+        if self.batch.is_empty() && self.effects.is_empty() {
+            return;
+        }
+        self.lazy_since = None;
         self.batch_no += 1;
-        let ops = std::mem::take(&mut self.batch);
-        let effects = std::mem::take(&mut self.effects);
-        if let Err(e) = self.store.submit(Batch { no: self.batch_no, ops }) {
+        let cap = self.batch.len();
+        let ops = std::mem::replace(&mut self.batch, Vec::with_capacity(cap));
+        let cap = self.effects.len();
+        let effects = std::mem::replace(&mut self.effects, Vec::with_capacity(cap));
+        if let Err(e) = self.store.submit(Batch {
+            no: self.batch_no,
+            ops,
+        }) {
             tracing::error!(error = %e, "store writer is gone; stopping");
             self.shutdown.cancel();
             return;
         }
-        self.awaiting.push_back((self.batch_no, effects));
+        self.awaiting.push_back((
+            self.batch_no,
+            effects,
+            self.next_seq.saturating_sub(1),
+            self.next_id.saturating_sub(1),
+        ));
     }
 
     fn on_commit(&mut self, c: Committed) {
-        metrics::histogram!("gimmm_store_commit_seconds").record(c.commit_time.as_secs_f64());
-        metrics::histogram!("gimmm_store_batch_group_size").record(c.group_size as f64);
-        let Some((no, effects)) = self.awaiting.pop_front() else { return };
+        self.meters
+            .commit_seconds
+            .record(c.commit_time.as_secs_f64());
+        self.meters.group_size.record(c.group_size as f64);
+        let Some((no, effects, seq_mark, id_mark)) = self.awaiting.pop_front() else {
+            return;
+        };
         debug_assert_eq!(no, c.no);
+        self.durable_seq = self.durable_seq.max(seq_mark);
+        self.durable_id = self.durable_id.max(id_mark);
         let dups: HashSet<u64> = c.duplicates.into_iter().collect();
+        let repeated: HashSet<u64> = c.repeated.into_iter().collect();
         let failed: HashSet<u64> = c.failed_inserts.into_iter().collect();
         let mut touched: Vec<Arc<str>> = Vec::new();
         for e in effects {
@@ -991,22 +1179,27 @@ impl Engine {
                     let line = if refused {
                         line_of(&ToBal::error(
                             BalError::StoreUnavailable,
-                            format!("message {} not accepted: {}", msg.message_id, c.error.as_deref().unwrap_or("store failure")),
+                            format!(
+                                "message {} not accepted: {}",
+                                msg.message_id,
+                                c.error.as_deref().unwrap_or("store failure")
+                            ),
                         ))
                     } else {
-                        line_of(&ToBal::DownstreamAccepted {
-                            message_id: msg.message_id.to_string(),
-                            duplicate,
-                        })
+                        line::downstream_accepted(&msg.message_id, duplicate)
                     };
                     self.send_to_conn(&msg.session, conn, line);
                     if !duplicate && !refused {
                         self.admit(id, *msg);
                     }
                 }
+                Effect::Outbox { seq, .. } if repeated.contains(&seq) => {}
                 Effect::Outbox { session, seq, line } => {
                     let limit = self.cfg.mem_outbox;
-                    let st = self.sessions.entry(session.clone()).or_insert_with(SessionState::new);
+                    let st = self
+                        .sessions
+                        .entry(session.clone())
+                        .or_insert_with(SessionState::new);
                     if !st.spilled && seq > st.max_loaded {
                         if st.queue.len() >= limit {
                             st.spilled = true; // on disk; paged in later
@@ -1019,7 +1212,11 @@ impl Engine {
                         touched.push(session);
                     }
                 }
-                Effect::AckFcm { link, to, message_id } => {
+                Effect::AckFcm {
+                    link,
+                    to,
+                    message_id,
+                } => {
                     if let Some(l) = self.links.get(&link) {
                         let _ = l.tx.send(LinkCmd::AckFcm { to, message_id });
                     }
@@ -1075,7 +1272,10 @@ impl Engine {
             return;
         }
         let room = self.cfg.mem_messages - self.msgs.len();
-        let rows = match self.store.load_queued(self.down_max_loaded, room) {
+        let rows = match self
+            .store
+            .load_queued_upto(self.down_max_loaded, self.durable_id, room)
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot page queued messages in");
@@ -1099,8 +1299,9 @@ impl Engine {
                 .get_key_value(r.session.as_str())
                 .map(|(k, _)| k.clone())
                 .unwrap_or_else(|| Arc::from(r.session.as_str()));
-            let not_before = (r.not_before_ms > now_wall)
-                .then(|| Instant::now() + Duration::from_millis((r.not_before_ms - now_wall) as u64));
+            let not_before = (r.not_before_ms > now_wall).then(|| {
+                Instant::now() + Duration::from_millis((r.not_before_ms - now_wall) as u64)
+            });
             let msg = Msg {
                 session,
                 message_id: Arc::from(r.message_id.as_str()),
@@ -1146,7 +1347,9 @@ impl Engine {
         let expired: Vec<u64> = self
             .msgs
             .iter()
-            .filter(|(_, m)| !matches!(m.state, MsgState::InFlight(_)) && m.expires_at_ms < now_wall)
+            .filter(|(_, m)| {
+                !matches!(m.state, MsgState::InFlight(_)) && m.expires_at_ms < now_wall
+            })
             .map(|(id, _)| *id)
             .collect();
         if expired.is_empty() {
@@ -1155,7 +1358,11 @@ impl Engine {
         let set: HashSet<u64> = expired.iter().copied().collect();
         self.ready.retain(|id| !set.contains(id));
         for id in expired {
-            self.finish_reject(id, "EXPIRED", "time_to_live ran out before the message could be sent");
+            self.finish_reject(
+                id,
+                "EXPIRED",
+                "time_to_live ran out before the message could be sent",
+            );
         }
     }
 
@@ -1173,7 +1380,7 @@ impl Engine {
                     } else {
                         "connecting"
                     },
-                    pending: l.pending.len(),
+                    pending: l.pending,
                 })
                 .collect(),
             sessions: {

@@ -85,11 +85,13 @@ impl Gateway {
                 addr: cfg.bal.listen.clone(),
                 source,
             })?;
-        let bal_addr = bal_listener.local_addr().map_err(|source| GatewayError::Bind {
-            what: "bal.listen",
-            addr: cfg.bal.listen.clone(),
-            source,
-        })?;
+        let bal_addr = bal_listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind {
+                what: "bal.listen",
+                addr: cfg.bal.listen.clone(),
+                source,
+            })?;
         let admin_listener = if cfg.admin.listen.is_empty() {
             None
         } else {
@@ -125,7 +127,12 @@ impl Gateway {
             ),
         };
         let ecfg = engine::EngineConfig {
-            sessions: cfg.bal.sessions.iter().map(|s| s.session_id.clone()).collect(),
+            sessions: cfg
+                .bal
+                .sessions
+                .iter()
+                .map(|s| s.session_id.clone())
+                .collect(),
             connections: cfg.fcm.connections,
             max_pending: cfg.fcm.max_pending_per_connection,
             max_unacked: cfg.bal.max_unacked,
@@ -134,6 +141,11 @@ impl Gateway {
             mem_messages: 50_000,
             mem_outbox: 10_000,
         };
+        if admin_listener.is_some() {
+            // The engine resolves its metric handles once, at construction:
+            // the recorder must exist by then.
+            let _ = admin::prometheus();
+        }
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let tracker = TaskTracker::new();

@@ -205,10 +205,10 @@ impl Plan {
         if let Some(g) = self.group(i) {
             let _ = write!(out, "\"group_id\":\"g{g}\",");
         }
-        let _ = write!(
+        let _ = writeln!(
             out,
             "\"fcm_data\":{{\"to\":\"bench-device-{}\",\"message_id\":\"{}{i}\",\"time_to_live\":3600,\
-             \"data\":{{\"score\":\"3x1\",\"bench_i\":\"{i}\"}}{}}}}}\n",
+             \"data\":{{\"score\":\"3x1\",\"bench_i\":\"{i}\"}}{}}}}}",
             i % 1000,
             self.prefix,
             if self.receipts {
@@ -522,14 +522,12 @@ async fn receiver(
                 let Some(i) = m.message_id.as_deref().and_then(|id| plan.index_of(id)) else {
                     continue;
                 };
-                if t == "DOWNSTREAM_REJECT" {
-                    if sh.rejected.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!(
-                            "gimmm bench: message {i} rejected: {} {}",
-                            m.error.as_deref().unwrap_or(""),
-                            m.error_description.as_deref().unwrap_or("")
-                        );
-                    }
+                if t == "DOWNSTREAM_REJECT" && sh.rejected.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!(
+                        "gimmm bench: message {i} rejected: {} {}",
+                        m.error.as_deref().unwrap_or(""),
+                        m.error_description.as_deref().unwrap_or("")
+                    );
                 }
                 if let Some(slot) = sh.seen.get(i as usize) {
                     if slot.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -539,7 +537,12 @@ async fn receiver(
                                 .downstream
                                 .record((now.saturating_sub(sent - 1) / 1000).max(1));
                         }
-                        let _ = sh.first_ns.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                        let _ = sh.first_ns.compare_exchange(
+                            0,
+                            now,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
                         sh.event(now);
                         s.finals.fetch_add(1, Ordering::Relaxed);
                         s.space.notify_one();
@@ -577,10 +580,8 @@ async fn receiver(
                     }
                 }
             }
-            "ERROR" => {
-                if sh.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("gimmm bench: ERROR from gimmm: {line}");
-                }
+            "ERROR" if sh.errors.fetch_add(1, Ordering::Relaxed) < 5 => {
+                eprintln!("gimmm bench: ERROR from gimmm: {line}");
             }
             _ => {}
         }
@@ -734,8 +735,9 @@ fn config_toml(g: &GwSetup<'_>) -> String {
     s
 }
 
-/// Starts `gimmm serve --config FILE` and waits for its BAL address.
-async fn spawn_gateway(config: &Path) -> Result<(Gw, SocketAddr)> {
+/// Starts `gimmm serve --config FILE` and waits for its BAL address. Its
+/// log level is `$GIMMM_BENCH_GATEWAY_LOG`, else `default_log`.
+async fn spawn_gateway(config: &Path, default_log: &str) -> Result<(Gw, SocketAddr)> {
     let exe = std::env::current_exe().context("locating the gimmm binary")?;
     let mut child = Command::new(exe)
         .arg("serve")
@@ -743,7 +745,7 @@ async fn spawn_gateway(config: &Path) -> Result<(Gw, SocketAddr)> {
         .arg(config)
         .env(
             "RUST_LOG",
-            std::env::var("GIMMM_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("GIMMM_BENCH_GATEWAY_LOG").unwrap_or_else(|_| default_log.into()),
         )
         .stdout(std::process::Stdio::piped())
         .stdin(std::process::Stdio::null())
@@ -801,7 +803,9 @@ fn gateway_config(g: &GwSetup<'_>) -> Result<gateway::config::Config> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Minimal HTTP/1.1 client for the emulator's stats endpoint.
@@ -830,9 +834,15 @@ async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> Resul
         bail!("bad HTTP answer from {hostport}");
     };
     if !head.starts_with("HTTP/1.1 2") {
-        bail!("{method} {path}: {}", head.lines().next().unwrap_or_default());
+        bail!(
+            "{method} {path}: {}",
+            head.lines().next().unwrap_or_default()
+        );
     }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut r = rest;
         while let Some((size, after)) = r.split_once("\r\n") {
@@ -848,7 +858,10 @@ async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> Resul
     Ok(rest.to_string())
 }
 
-async fn logon_all(addr: &str, sessions: &[(String, String)]) -> Result<Vec<(Arc<Sess>, bal::client::BalReader)>> {
+async fn logon_all(
+    addr: &str,
+    sessions: &[(String, String)],
+) -> Result<Vec<(Arc<Sess>, bal::client::BalReader)>> {
     let mut out = Vec::new();
     for (id, token) in sessions {
         let c = BalClient::connect_logon(addr, id, token)
@@ -954,12 +967,16 @@ struct EmuDelta {
     pending_high_water: u64,
 }
 
-fn emu_delta(before: &Option<emulator::Stats>, after: &Option<emulator::Stats>) -> Option<EmuDelta> {
+fn emu_delta(
+    before: &Option<emulator::Stats>,
+    after: &Option<emulator::Stats>,
+) -> Option<EmuDelta> {
     let a = after.as_ref()?;
     let zero = emulator::Stats::default();
     let b = before.as_ref().unwrap_or(&zero);
     Some(EmuDelta {
-        downstream_received: a.downstream_received - b.downstream_received.min(a.downstream_received),
+        downstream_received: a.downstream_received
+            - b.downstream_received.min(a.downstream_received),
         acks_sent: a.acks_sent.saturating_sub(b.acks_sent),
         nacks_sent: a.nacks_sent.saturating_sub(b.nacks_sent),
         duplicates: a.duplicates.saturating_sub(b.duplicates),
@@ -1036,7 +1053,9 @@ async fn wait_done(sh: &Shared, expected: u64, pid: Option<u32>, timeout: Durati
             last = d;
             last_move = Instant::now();
         } else if last_move.elapsed() > timeout {
-            eprintln!("gimmm bench: no progress for {timeout:?}: {d} of {expected} results; giving up");
+            eprintln!(
+                "gimmm bench: no progress for {timeout:?}: {d} of {expected} results; giving up"
+            );
             return rss_max;
         }
     }
@@ -1046,7 +1065,10 @@ async fn load(a: BenchArgs) -> Result<()> {
     let plan = Plan::new(&a);
     let sessions = session_list(&a);
     let dir = tempfile::tempdir()?;
-    let store_dir = a.store_dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
+    let store_dir = a
+        .store_dir
+        .clone()
+        .unwrap_or_else(|| dir.path().to_path_buf());
     std::fs::create_dir_all(&store_dir)?;
     let store = store_dir.join(format!("bench-{}.db", rand_u32()));
 
@@ -1095,11 +1117,10 @@ async fn load(a: BenchArgs) -> Result<()> {
         } else {
             let cfg_path = dir.path().join("gimmm.toml");
             std::fs::write(&cfg_path, config_toml(&setup))?;
-            spawn_gateway(&cfg_path).await?
+            spawn_gateway(&cfg_path, "warn").await?
         };
         let links = a.links;
-        if e
-            .wait_until_summary(Duration::from_secs(30), |s| s.ready_connections() >= links)
+        if e.wait_until_summary(Duration::from_secs(30), |s| s.ready_connections() >= links)
             .await
             .is_err()
         {
@@ -1125,12 +1146,21 @@ async fn load(a: BenchArgs) -> Result<()> {
     } else {
         Arc::new(Notify::new())
     };
-    let window = if a.rate > 0.0 { Window::Timeline } else { Window::Finals };
+    let window = if a.rate > 0.0 {
+        Window::Timeline
+    } else {
+        Window::Finals
+    };
     sh.start_ns.store(sh.now_ns(), Ordering::Relaxed);
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for (k, (s, rd)) in conns.into_iter().enumerate() {
-        receivers.push(tokio::spawn(receiver(sh.clone(), s.clone(), rd, stop.clone())));
+        receivers.push(tokio::spawn(receiver(
+            sh.clone(),
+            s.clone(),
+            rd,
+            stop.clone(),
+        )));
         senders.push(tokio::spawn(sender(
             sh.clone(),
             s,
@@ -1192,7 +1222,8 @@ async fn load(a: BenchArgs) -> Result<()> {
     let c = count(&sh);
     let delta = emu_delta(&emu_before, &emu_after);
     let mut lost = c.lost + c.receipts_lost;
-    let mut duplicated = c.duplicated + c.receipts_duplicated + sh.dup_accepted.load(Ordering::Relaxed);
+    let mut duplicated =
+        c.duplicated + c.receipts_duplicated + sh.dup_accepted.load(Ordering::Relaxed);
     if let Some(d) = &delta {
         // The emulator must have acked every downstream message exactly once.
         lost += p.downstream.saturating_sub(d.acks_sent);
@@ -1201,7 +1232,11 @@ async fn load(a: BenchArgs) -> Result<()> {
     }
     let throughput = p.n as f64 / elapsed;
     let rejected = sh.rejected.load(Ordering::Relaxed);
-    let rate = if a.rate > 0.0 { format!("{} msg/s offered", a.rate) } else { "max".into() };
+    let rate = if a.rate > 0.0 {
+        format!("{} msg/s offered", a.rate)
+    } else {
+        "max".into()
+    };
 
     println!(
         "gimmm bench: {} messages ({} downstream, {} upstream{}), {} link(s), {} session(s), rate {rate}{}",
@@ -1233,14 +1268,30 @@ async fn load(a: BenchArgs) -> Result<()> {
         );
     }
     if a.rate > 0.0 {
-        println!("  sender lag (ms)  p99 {:.3}  max {:.3}   (bench behind its own timeline)", ms(&lag, 0.99), lag.max() as f64 / 1000.0);
+        println!(
+            "  sender lag (ms)  p99 {:.3}  max {:.3}   (bench behind its own timeline)",
+            ms(&lag, 0.99),
+            lag.max() as f64 / 1000.0
+        );
     }
-    println!("  gateway peak RSS {} (VmHWM; {rss_scope}), highest sampled VmRSS {}", mib(peak_rss), mib(rss_sampled));
-    let per_msg = |c: Option<f64>| c.map_or("n/a".to_string(), |c| format!("{:.1} µs/msg ({c:.2} s)", c * 1e6 / p.n as f64));
+    println!(
+        "  gateway peak RSS {} (VmHWM; {rss_scope}), highest sampled VmRSS {}",
+        mib(peak_rss),
+        mib(rss_sampled)
+    );
+    let per_msg = |c: Option<f64>| {
+        c.map_or("n/a".to_string(), |c| {
+            format!("{:.1} µs/msg ({c:.2} s)", c * 1e6 / p.n as f64)
+        })
+    };
     println!(
         "  CPU              gateway {}, {} {}",
         per_msg(gw_cpu),
-        if gw_pid.is_some() { "bench + emulator" } else { "whole process" },
+        if gw_pid.is_some() {
+            "bench + emulator"
+        } else {
+            "whole process"
+        },
         per_msg(bench_cpu)
     );
     println!(
@@ -1311,7 +1362,10 @@ async fn queue_while_down(a: BenchArgs) -> Result<()> {
     let plan = Plan::new(&a);
     let sessions = session_list(&a);
     let dir = tempfile::tempdir()?;
-    let store_dir = a.store_dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
+    let store_dir = a
+        .store_dir
+        .clone()
+        .unwrap_or_else(|| dir.path().to_path_buf());
     std::fs::create_dir_all(&store_dir)?;
     let store = store_dir.join(format!("bench-{}.db", rand_u32()));
     let identity = TlsIdentity::generate(&["localhost".to_string(), "127.0.0.1".to_string()])?;
@@ -1334,7 +1388,8 @@ async fn queue_while_down(a: BenchArgs) -> Result<()> {
     std::fs::write(&cfg_path, config_toml(&setup))?;
 
     // Phase 1: FCM is unreachable; fill the backlog.
-    let (gw, addr) = spawn_gateway(&cfg_path).await?;
+    // Connection refused while FCM is down is the point: log errors only.
+    let (gw, addr) = spawn_gateway(&cfg_path, "error").await?;
     let addr = addr.to_string();
     let sh = Arc::new(Shared::new(plan, 0.0));
     let conns = logon_all(&addr, &sessions).await?;
@@ -1345,7 +1400,12 @@ async fn queue_while_down(a: BenchArgs) -> Result<()> {
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for (k, (s, rd)) in conns.into_iter().enumerate() {
-        receivers.push(tokio::spawn(receiver(sh.clone(), s.clone(), rd, stop1.clone())));
+        receivers.push(tokio::spawn(receiver(
+            sh.clone(),
+            s.clone(),
+            rd,
+            stop1.clone(),
+        )));
         senders.push(tokio::spawn(sender(
             sh.clone(),
             s,
@@ -1373,7 +1433,10 @@ async fn queue_while_down(a: BenchArgs) -> Result<()> {
         }
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(5);
-            eprintln!("gimmm bench: {acc} of {total} accepted, VmRSS {}", mib(rss_fill));
+            eprintln!(
+                "gimmm bench: {acc} of {total} accepted, VmRSS {}",
+                mib(rss_fill)
+            );
         }
         if acc != last {
             last = acc;
@@ -1407,7 +1470,7 @@ async fn queue_while_down(a: BenchArgs) -> Result<()> {
         gw.stop(a.restart).await?;
         let stop_secs = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (gw, addr) = spawn_gateway(&cfg_path).await?;
+        let (gw, addr) = spawn_gateway(&cfg_path, "error").await?;
         let listen = t.elapsed().as_secs_f64();
         let addr = addr.to_string();
         let conns = logon_all(&addr, &sessions).await?;

@@ -1,11 +1,24 @@
 //! gimmm's durable store: SQLite in WAL mode with group commit.
 //!
 //! One writer thread owns the read-write connection. Callers hand it
-//! [`Batch`]es of [`Op`]s; it applies every batch that is waiting in **one**
-//! transaction (`synchronous=FULL`, so one fsync per group, not per message)
-//! and then reports each batch as [`Committed`]. The gateway's engine only
-//! tells a BAL "accepted", or acks an upstream message to FCM, after that
-//! report — so what was promised is on disk.
+//! [`Batch`]es of [`Op`]s; it applies them as they arrive inside one open
+//! transaction and commits that transaction as soon as the previous commit
+//! is on disk (**group commit**: one fsync per group, not per message). A
+//! second thread, the syncer, makes each commit durable with `fdatasync` of
+//! the WAL and only then reports its batches as [`Committed`]; the writer
+//! meanwhile applies the next batches, so CPU work and the disk's flush
+//! latency overlap instead of adding up. The gateway's engine only tells a
+//! BAL "accepted", or acks an upstream message to FCM, after that report —
+//! so what was promised is on disk.
+//!
+//! Durability is that of `synchronous=FULL` (every reported commit was
+//! fsynced); the connection runs with `synchronous=NORMAL` only because the
+//! fsync after each commit is done by the syncer instead of inside
+//! `COMMIT`. With NORMAL, SQLite still syncs the WAL before and the database
+//! after every checkpoint. One consequence: a commit is visible to readers
+//! a moment before it is durable, so the paging reads take an upper bound
+//! ([`Store::load_queued_upto`], [`Store::load_outbox_upto`]) that the engine
+//! sets from the batches reported so far.
 //!
 //! Reads (recovery at start, paging queued messages and outboxes in) go
 //! through a second, read-only connection, so they never wait for the writer.
@@ -21,7 +34,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Versioned schema migrations, applied in order.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_fewer_index_writes.sql"),
+];
+
+/// Page cache of the writer connection (KiB). The indexes of a busy store
+/// are written all over; a larger cache saves reads of hot pages.
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +119,13 @@ pub enum Op {
         seq: u64,
         /// Session.
         session: Arc<str>,
-        /// The full JSON line (without newline).
-        body: String,
+        /// The full JSON line (without newline), shared with the sender.
+        body: Arc<str>,
     },
     /// The BAL acknowledged a sequenced message.
     DeleteOutbox {
+        /// Session the message was for.
+        session: Arc<str>,
         /// Sequence id.
         seq: u64,
     },
@@ -111,6 +133,17 @@ pub enum Op {
     UpstreamSeen {
         /// FCM's upstream message id.
         message_id: String,
+    },
+    /// An upstream message or receipt from FCM, deduplicated here: its id is
+    /// recorded as seen and, only when it was not seen before, `then` is
+    /// applied (the sequenced line for a BAL, an unroutable record, ...).
+    /// The sequence ids of outbox rows skipped that way are reported in
+    /// [`Committed::repeated`].
+    Upstream {
+        /// FCM's message id (upstream message or receipt).
+        message_id: String,
+        /// Writes for a first delivery.
+        then: Vec<Op>,
     },
     /// An upstream message whose category no session has.
     Unroutable {
@@ -156,6 +189,10 @@ pub struct Committed {
     pub no: u64,
     /// Ids of `InsertDownstream` ops that were duplicates (not inserted).
     pub duplicates: Vec<u64>,
+    /// Sequence ids of outbox rows not written because their
+    /// [`Op::Upstream`] had been seen before (FCM resent it): not to be
+    /// delivered.
+    pub repeated: Vec<u64>,
     /// Ids of `InsertDownstream` ops that could not be stored (disk full,
     /// read-only ...): they must not be reported as accepted.
     pub failed_inserts: Vec<u64>,
@@ -218,10 +255,31 @@ pub struct Recovery {
 /// handle is dropped.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<ToWriter>,
     reader: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
     _lock: Arc<File>,
+    _stop: Arc<StopOnDrop>,
+}
+
+/// What the writer thread is told.
+enum ToWriter {
+    /// Apply this batch.
+    Batch(Batch),
+    /// The syncer made this many commits durable.
+    Synced(usize),
+    /// The last [`Store`] handle is gone: commit, sync and stop.
+    Stop,
+}
+
+/// Tells the writer to stop when the last [`Store`] clone is dropped (the
+/// syncer keeps the writer's channel open, so disconnection cannot say it).
+struct StopOnDrop(mpsc::Sender<ToWriter>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(ToWriter::Stop);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -308,7 +366,11 @@ impl Store {
         )?;
         w.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql(path))?;
-        w.pragma_update(None, "synchronous", "FULL")
+        // FULL durability: the syncer fsyncs the WAL after every commit
+        // before reporting it (see the module docs).
+        w.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql(path))?;
+        w.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(sql(path))?;
         w.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql(path))?;
@@ -318,19 +380,36 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let recovery = recover(&r, path)?;
+        // What a previous run left is visible now; make it durable too, so
+        // that everything the engine reads back is on disk.
+        let wal_path = wal_path(path);
+        sync_wal(&wal_path, path, &mut None).map_err(io)?;
 
-        let (tx, rx) = mpsc::channel::<Batch>();
-        let wpath = path.to_path_buf();
+        let (tx, rx) = mpsc::channel::<ToWriter>();
+        let (sync_tx, sync_rx) = mpsc::channel::<Durable>();
+        let back = tx.clone();
+        let db_path = path.to_path_buf();
+        let sync_files = SyncFiles {
+            wal: wal_path,
+            db: path.to_path_buf(),
+        };
+        let writer_files = sync_files.clone();
+        let writer_committed = committed.clone();
+        std::thread::Builder::new()
+            .name("gimmm-store-sync".into())
+            .spawn(move || syncer_loop(&sync_files, sync_rx, back, committed))
+            .map_err(io)?;
         std::thread::Builder::new()
             .name("gimmm-store".into())
-            .spawn(move || writer_loop(w, &wpath, rx, committed))
+            .spawn(move || writer_loop(w, &db_path, rx, sync_tx, &writer_files, writer_committed))
             .map_err(io)?;
         Ok((
             Store {
-                tx,
+                tx: tx.clone(),
                 reader: Arc::new(Mutex::new(r)),
                 path: Arc::new(path.to_path_buf()),
                 _lock: Arc::new(lock),
+                _stop: Arc::new(StopOnDrop(tx)),
             },
             recovery,
         ))
@@ -343,25 +422,36 @@ impl Store {
 
     /// Queues a batch for the writer.
     pub fn submit(&self, batch: Batch) -> Result<(), StoreError> {
-        self.tx.send(batch).map_err(|_| StoreError::Stopped)
+        self.tx
+            .send(ToWriter::Batch(batch))
+            .map_err(|_| StoreError::Stopped)
     }
 
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let guard = self.reader.lock().map_err(|_| StoreError::Stopped)?;
         f(&guard).map_err(sql(&self.path))
     }
 
     /// Queued downstream messages with `id > after`, in id order.
     pub fn load_queued(&self, after: u64, limit: usize) -> Result<Vec<QueuedRow>, StoreError> {
+        self.load_queued_upto(after, i64::MAX as u64, limit)
+    }
+
+    /// Queued downstream messages with `after < id <= upto`, in id order
+    /// (`upto`: the highest id known to be durable).
+    pub fn load_queued_upto(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<QueuedRow>, StoreError> {
+        let upto = upto.min(i64::MAX as u64);
         self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT id, session, message_id, group_id, body, attempts, not_before, expires_at, receipt
-                 FROM downstream WHERE state = 0 AND id > ?1 ORDER BY id LIMIT ?2",
+                 FROM downstream WHERE state = 0 AND id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
             )?;
-            let rows = st.query_map(params![after as i64, limit as i64], |r| {
+            let rows = st.query_map(params![after as i64, upto as i64, limit as i64], |r| {
                 Ok(QueuedRow {
                     id: r.get::<_, i64>(0)? as u64,
                     session: r.get(1)?,
@@ -385,17 +475,34 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.load_outbox_upto(session, after, i64::MAX as u64, limit)
+    }
+
+    /// Sequenced messages of `session` with `after < seq <= upto`, in order
+    /// (`upto`: the highest sequence id known to be durable).
+    pub fn load_outbox_upto(
+        &self,
+        session: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let upto = upto.min(i64::MAX as u64);
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT seq, session, body FROM outbox WHERE session = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, session, body FROM outbox WHERE session = ?1 AND seq > ?2 AND seq <= ?3
+                 ORDER BY seq LIMIT ?4",
             )?;
-            let rows = st.query_map(params![session, after as i64, limit as i64], |r| {
-                Ok(OutboxRow {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    session: r.get(1)?,
-                    body: r.get(2)?,
-                })
-            })?;
+            let rows = st.query_map(
+                params![session, after as i64, upto as i64, limit as i64],
+                |r| {
+                    Ok(OutboxRow {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        session: r.get(1)?,
+                        body: r.get(2)?,
+                    })
+                },
+            )?;
             rows.collect()
         })
     }
@@ -454,9 +561,6 @@ fn recover(c: &Connection, path: &Path) -> Result<Recovery, StoreError> {
             r.get(0)
         })
         .map_err(sql(path))?;
-    let max_seq: i64 = c
-        .query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))
-        .map_err(sql(path))?;
     let max_id: i64 = c
         .query_row("SELECT coalesce(max(id), 0) FROM downstream", [], |r| {
             r.get(0)
@@ -468,12 +572,20 @@ fn recover(c: &Connection, path: &Path) -> Result<Recovery, StoreError> {
         })
         .map_err(sql(path))?;
     let mut st = c
-        .prepare("SELECT session, count(*) FROM outbox GROUP BY session")
+        .prepare("SELECT session, count(*), max(seq) FROM outbox GROUP BY session")
         .map_err(sql(path))?;
-    let outbox = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+    let per_session = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)?,
+            ))
+        })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql(path))?;
+    let max_seq = per_session.iter().map(|(_, _, m)| *m).max().unwrap_or(0);
+    let outbox = per_session.into_iter().map(|(s, n, _)| (s, n)).collect();
     Ok(Recovery {
         next_seq: meta_seq.max(max_seq + 1) as u64,
         next_id: (max_id + 1) as u64,
@@ -485,181 +597,455 @@ fn recover(c: &Connection, path: &Path) -> Result<Recovery, StoreError> {
 /// Most batches that share one transaction.
 const MAX_GROUP: usize = 512;
 
-fn writer_loop(
-    mut conn: Connection,
-    path: &Path,
-    rx: mpsc::Receiver<Batch>,
-    committed: UnboundedSender<Committed>,
-) {
-    let mut group: Vec<Batch> = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(b) => group.push(b),
-                Err(_) => break,
-            }
+/// The WAL file of a database in WAL mode.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// Makes everything written to the WAL so far durable. The file is kept
+/// open between calls (and reopened if SQLite replaced it); without a WAL
+/// (nothing written yet) the database file itself is synced.
+fn sync_wal(wal: &Path, db: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let current = match std::fs::metadata(wal) {
+        Ok(m) => m.ino(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            *file = None;
+            return File::open(db)?.sync_all();
         }
-        let started = Instant::now();
-        let n = group.len();
-        let mut outcomes: Vec<Committed> = match apply(&mut conn, &group, false) {
-            Ok(dups) => group
-                .iter()
-                .zip(dups)
-                .map(|(b, duplicates)| Committed {
-                    no: b.no,
-                    duplicates,
-                    failed_inserts: Vec::new(),
-                    error: None,
-                    group_size: n,
-                    commit_time: Duration::ZERO,
-                })
-                .collect(),
-            Err(e) => {
-                // The store cannot take writes (disk full, read-only ...).
-                // New messages are refused; everything else is retried until
-                // it is on disk, because the engine already acted on it.
-                tracing::error!(error = %e, path = %path.display(), "store commit failed; refusing new messages until it recovers");
-                let failed: Vec<Vec<u64>> = group
-                    .iter()
-                    .map(|b| {
-                        b.ops
-                            .iter()
-                            .filter_map(|op| match op {
-                                Op::InsertDownstream(d) => Some(d.id),
-                                _ => None,
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let mut delay = Duration::from_millis(50);
-                loop {
-                    match apply(&mut conn, &group, true) {
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "store still failing; retrying");
-                            std::thread::sleep(delay);
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
-                let msg = e.to_string();
-                group
-                    .iter()
-                    .zip(failed)
-                    .map(|(b, failed_inserts)| Committed {
-                        no: b.no,
-                        duplicates: Vec::new(),
-                        failed_inserts,
-                        error: Some(msg.clone()),
-                        group_size: n,
-                        commit_time: Duration::ZERO,
-                    })
-                    .collect()
-            }
-        };
-        let took = started.elapsed();
-        for mut c in outcomes.drain(..) {
-            c.commit_time = took;
-            if committed.send(c).is_err() {
-                return;
-            }
-        }
-        group.clear();
+        Err(e) => return Err(e),
+    };
+    if file.as_ref().is_none_or(|(_, ino)| *ino != current) {
+        *file = Some((File::open(wal)?, current));
+    }
+    match file {
+        Some((f, _)) => f.sync_data(),
+        None => Ok(()),
     }
 }
 
-/// Applies the batches in one transaction. With `skip_inserts`, new
-/// downstream messages are left out (they were refused).
-fn apply(
-    conn: &mut Connection,
-    group: &[Batch],
-    skip_inserts: bool,
-) -> rusqlite::Result<Vec<Vec<u64>>> {
-    let tx = conn.transaction()?;
-    let mut dups = Vec::with_capacity(group.len());
-    let mut max_seq = 0u64;
-    {
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO downstream (id, session, message_id, group_id, body, expires_at, receipt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        let mut retry =
-            tx.prepare_cached("UPDATE downstream SET attempts = ?2, not_before = ?3 WHERE id = ?1")?;
-        let mut finish = tx.prepare_cached(
-            "UPDATE downstream SET state = 1, body = NULL, group_id = NULL WHERE id = ?1",
-        )?;
-        let mut receipt_done =
-            tx.prepare_cached("UPDATE downstream SET receipt = 0 WHERE id = ?1")?;
-        let mut outbox =
-            tx.prepare_cached("INSERT OR REPLACE INTO outbox (seq, session, body) VALUES (?1, ?2, ?3)")?;
-        let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-        let mut seen = tx.prepare_cached(
-            "INSERT OR IGNORE INTO upstream_seen (message_id, at) VALUES (?1, ?2)",
-        )?;
-        let mut unroutable = tx
-            .prepare_cached("INSERT INTO unroutable (category, body, at) VALUES (?1, ?2, ?3)")?;
-        let now = now_ms();
-        for b in group {
-            let mut d = Vec::new();
-            for op in &b.ops {
-                match op {
-                    Op::InsertDownstream(n) => {
-                        if skip_inserts {
-                            continue;
+/// What to fsync.
+#[derive(Clone)]
+struct SyncFiles {
+    wal: PathBuf,
+    db: PathBuf,
+}
+
+impl SyncFiles {
+    /// Syncs until it succeeds: nothing is reported before it is on disk.
+    fn sync(&self, file: &mut Option<(File, u64)>) {
+        let mut delay = Duration::from_millis(10);
+        while let Err(e) = sync_wal(&self.wal, &self.db, file) {
+            tracing::error!(error = %e, wal = %self.wal.display(), "fsync of the store failed; retrying");
+            *file = None;
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Reports durable commits in order; false when the engine is gone.
+fn report(committed: &UnboundedSender<Committed>, d: Durable) -> bool {
+    let took = d.started.elapsed();
+    for mut c in d.outcomes {
+        c.commit_time = took;
+        if committed.send(c).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Commits handed to the syncer: reported once the WAL is synced.
+struct Durable {
+    outcomes: Vec<Committed>,
+    started: Instant,
+}
+
+/// The open transaction: batches applied so far.
+struct Open {
+    batches: Vec<Batch>,
+    /// Per batch: duplicate inserts, repeated upstream outbox seqs.
+    dups: Vec<(Vec<u64>, Vec<u64>)>,
+    max_seq: u64,
+    started: Instant,
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    path: &Path,
+    rx: mpsc::Receiver<ToWriter>,
+    to_sync: mpsc::Sender<Durable>,
+    files: &SyncFiles,
+    committed: UnboundedSender<Committed>,
+) {
+    let mut open: Option<Open> = None;
+    // Commits handed to the syncer and not synced yet.
+    let mut in_sync = 0usize;
+    let mut stopping = false;
+    let mut sync_file = None;
+    // A message read while deciding how to sync, handled next.
+    let mut carried: Option<ToWriter> = None;
+    loop {
+        // Commit when the disk is free (no fsync running), when the group is
+        // large, or when stopping. Until then batches keep joining the open
+        // transaction: the group grows exactly as much as the flush latency
+        // requires.
+        let commit_now = carried.is_none()
+            && open
+                .as_ref()
+                .is_some_and(|o| in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping);
+        if commit_now {
+            if let Some(o) = open.take() {
+                let d = commit(&mut conn, path, o);
+                // Nothing else to do and no fsync running: sync here and
+                // save the hand-over (the common case at low load). With
+                // more work waiting, the syncer flushes while we go on.
+                match rx.try_recv() {
+                    Err(mpsc::TryRecvError::Empty) if in_sync == 0 => {
+                        files.sync(&mut sync_file);
+                        if !report(&committed, d) {
+                            return;
                         }
-                        let changed = ins.execute(params![
-                            n.id as i64,
-                            &*n.session,
-                            n.message_id,
-                            n.group_id,
-                            n.body,
-                            n.expires_at_ms,
-                            n.receipt as i64
-                        ])?;
-                        if changed == 0 {
-                            d.push(n.id);
+                    }
+                    next => {
+                        if let Ok(m) = next {
+                            carried = Some(m);
                         }
-                    }
-                    Op::RetryDownstream {
-                        id,
-                        attempts,
-                        not_before_ms,
-                    } => {
-                        retry.execute(params![*id as i64, *attempts as i64, not_before_ms])?;
-                    }
-                    Op::FinishDownstream { id } => {
-                        finish.execute(params![*id as i64])?;
-                    }
-                    Op::ReceiptDone { id } => {
-                        receipt_done.execute(params![*id as i64])?;
-                    }
-                    Op::InsertOutbox { seq, session, body } => {
-                        max_seq = max_seq.max(*seq);
-                        outbox.execute(params![*seq as i64, &**session, body])?;
-                    }
-                    Op::DeleteOutbox { seq } => {
-                        del.execute(params![*seq as i64])?;
-                    }
-                    Op::UpstreamSeen { message_id } => {
-                        seen.execute(params![message_id, now])?;
-                    }
-                    Op::Unroutable { category, body } => {
-                        unroutable.execute(params![category, body, now])?;
+                        in_sync += 1;
+                        if to_sync.send(d).is_err() {
+                            return;
+                        }
                     }
                 }
             }
-            dups.push(d);
+            continue;
         }
-        if max_seq > 0 {
-            tx.execute(
-                "UPDATE meta SET value = max(value, ?1) WHERE key = 'next_seq'",
-                params![(max_seq + 1) as i64],
-            )?;
+        if stopping && open.is_none() && in_sync == 0 && carried.is_none() {
+            return;
+        }
+        let msg = match carried.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        match msg {
+            ToWriter::Synced(n) => in_sync = in_sync.saturating_sub(n),
+            ToWriter::Stop => stopping = true,
+            ToWriter::Batch(b) => {
+                let o = open.get_or_insert_with(|| Open {
+                    batches: Vec::new(),
+                    dups: Vec::new(),
+                    max_seq: 0,
+                    started: Instant::now(),
+                });
+                let applied = if o.batches.is_empty() {
+                    conn.execute_batch("BEGIN IMMEDIATE")
+                        .and_then(|_| apply_batch(&conn, &b, false, &mut o.max_seq))
+                } else {
+                    apply_batch(&conn, &b, false, &mut o.max_seq)
+                };
+                o.batches.push(b);
+                match applied {
+                    Ok(d) => o.dups.push(d),
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        if let Some(o) = open.take() {
+                            let d = refuse_inserts(&mut conn, path, o, &e);
+                            in_sync += 1;
+                            if to_sync.send(d).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
-    tx.commit()?;
-    Ok(dups)
+}
+
+/// Commits the open transaction (no fsync: the syncer does that).
+fn commit(conn: &mut Connection, path: &Path, o: Open) -> Durable {
+    let res = (|| {
+        if o.max_seq > 0 {
+            conn.prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE key = 'next_seq'")?
+                .execute(params![(o.max_seq + 1) as i64])?;
+        }
+        conn.execute_batch("COMMIT")
+    })();
+    match res {
+        Ok(()) => {
+            let n = o.batches.len();
+            Durable {
+                outcomes: o
+                    .batches
+                    .iter()
+                    .zip(o.dups)
+                    .map(|(b, (duplicates, repeated))| Committed {
+                        no: b.no,
+                        duplicates,
+                        repeated,
+                        failed_inserts: Vec::new(),
+                        error: None,
+                        group_size: n,
+                        commit_time: Duration::ZERO,
+                    })
+                    .collect(),
+                started: o.started,
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            refuse_inserts(conn, path, o, &e)
+        }
+    }
+}
+
+/// The store cannot take writes (disk full, read-only ...). New messages
+/// are refused; everything else is retried until it is on disk, because the
+/// engine already acted on it.
+fn refuse_inserts(conn: &mut Connection, path: &Path, o: Open, e: &rusqlite::Error) -> Durable {
+    tracing::error!(error = %e, path = %path.display(), "store commit failed; refusing new messages until it recovers");
+    let failed: Vec<Vec<u64>> = o
+        .batches
+        .iter()
+        .map(|b| {
+            b.ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::InsertDownstream(d) => Some(d.id),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match apply_all(conn, &o.batches, true) {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "store still failing; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let msg = e.to_string();
+    let n = o.batches.len();
+    Durable {
+        outcomes: o
+            .batches
+            .iter()
+            .zip(failed)
+            .map(|(b, failed_inserts)| Committed {
+                no: b.no,
+                duplicates: Vec::new(),
+                repeated: Vec::new(),
+                failed_inserts,
+                error: Some(msg.clone()),
+                group_size: n,
+                commit_time: Duration::ZERO,
+            })
+            .collect(),
+        started: o.started,
+    }
+}
+
+/// Applies the batches in one transaction and commits.
+fn apply_all(conn: &mut Connection, group: &[Batch], skip_inserts: bool) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let mut max_seq = 0u64;
+    for b in group {
+        apply_batch(&tx, b, skip_inserts, &mut max_seq)?;
+    }
+    if max_seq > 0 {
+        tx.prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE key = 'next_seq'")?
+            .execute(params![(max_seq + 1) as i64])?;
+    }
+    tx.commit()
+}
+
+/// Makes commits durable and reports them, in order.
+fn syncer_loop(
+    files: &SyncFiles,
+    rx: mpsc::Receiver<Durable>,
+    writer: mpsc::Sender<ToWriter>,
+    committed: UnboundedSender<Committed>,
+) {
+    let mut file = None;
+    let mut items: Vec<Durable> = Vec::new();
+    let mut engine_gone = false;
+    while let Ok(first) = rx.recv() {
+        items.push(first);
+        while let Ok(more) = rx.try_recv() {
+            items.push(more);
+        }
+        files.sync(&mut file);
+        let n = items.len();
+        for d in items.drain(..) {
+            if !engine_gone && !report(&committed, d) {
+                // The engine is gone; keep syncing for the writer.
+                engine_gone = true;
+            }
+        }
+        // Only now: the writer may then sync and report on its own, after
+        // these reports.
+        let _ = writer.send(ToWriter::Synced(n));
+    }
+}
+
+/// The write statements, prepared once per batch when first needed.
+struct Stmts<'c> {
+    conn: &'c Connection,
+    cache: [Option<rusqlite::CachedStatement<'c>>; 8],
+}
+
+const SQL_INSERT: usize = 0;
+const SQL_RETRY: usize = 1;
+const SQL_FINISH: usize = 2;
+const SQL_RECEIPT_DONE: usize = 3;
+const SQL_OUTBOX: usize = 4;
+const SQL_OUTBOX_DELETE: usize = 5;
+const SQL_SEEN: usize = 6;
+const SQL_UNROUTABLE: usize = 7;
+
+const WRITE_SQL: [&str; 8] = [
+    "INSERT OR IGNORE INTO downstream (id, session, message_id, group_id, body, expires_at, receipt)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    "UPDATE downstream SET attempts = ?2, not_before = ?3 WHERE id = ?1",
+    "UPDATE downstream SET state = 1, body = NULL, group_id = NULL WHERE id = ?1",
+    "UPDATE downstream SET receipt = 0 WHERE id = ?1",
+    "INSERT OR REPLACE INTO outbox (session, seq, body) VALUES (?1, ?2, ?3)",
+    "DELETE FROM outbox WHERE session = ?1 AND seq = ?2",
+    "INSERT OR IGNORE INTO upstream_seen (message_id, at) VALUES (?1, ?2)",
+    "INSERT INTO unroutable (category, body, at) VALUES (?1, ?2, ?3)",
+];
+
+impl<'c> Stmts<'c> {
+    fn new(conn: &'c Connection) -> Stmts<'c> {
+        Stmts {
+            conn,
+            cache: Default::default(),
+        }
+    }
+
+    fn get(&mut self, which: usize) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
+        let slot = &mut self.cache[which];
+        if slot.is_none() {
+            *slot = Some(self.conn.prepare_cached(WRITE_SQL[which])?);
+        }
+        match slot {
+            Some(st) => Ok(st),
+            None => Err(rusqlite::Error::InvalidQuery),
+        }
+    }
+}
+
+/// Applies one batch inside the open transaction; returns the ids of
+/// duplicate inserts and the outbox seqs of repeated upstream messages.
+/// With `skip_inserts`, new downstream messages are left out (they were
+/// refused).
+fn apply_batch(
+    conn: &Connection,
+    b: &Batch,
+    skip_inserts: bool,
+    max_seq: &mut u64,
+) -> rusqlite::Result<(Vec<u64>, Vec<u64>)> {
+    let mut dups = Vec::new();
+    let mut repeated = Vec::new();
+    let now = now_ms();
+    let mut st = Stmts::new(conn);
+    for op in &b.ops {
+        apply_op(
+            &mut st,
+            op,
+            skip_inserts,
+            now,
+            max_seq,
+            &mut dups,
+            &mut repeated,
+        )?;
+    }
+    Ok((dups, repeated))
+}
+
+fn apply_op(
+    st: &mut Stmts<'_>,
+    op: &Op,
+    skip_inserts: bool,
+    now: i64,
+    max_seq: &mut u64,
+    dups: &mut Vec<u64>,
+    repeated: &mut Vec<u64>,
+) -> rusqlite::Result<()> {
+    {
+        match op {
+            Op::InsertDownstream(n) => {
+                if skip_inserts {
+                    return Ok(());
+                }
+                let changed = st.get(SQL_INSERT)?.execute(params![
+                    n.id as i64,
+                    &*n.session,
+                    n.message_id,
+                    n.group_id,
+                    n.body,
+                    n.expires_at_ms,
+                    n.receipt as i64
+                ])?;
+                if changed == 0 {
+                    dups.push(n.id);
+                }
+            }
+            Op::RetryDownstream {
+                id,
+                attempts,
+                not_before_ms,
+            } => {
+                st.get(SQL_RETRY)?
+                    .execute(params![*id as i64, *attempts as i64, not_before_ms])?;
+            }
+            Op::FinishDownstream { id } => {
+                st.get(SQL_FINISH)?.execute(params![*id as i64])?;
+            }
+            Op::ReceiptDone { id } => {
+                st.get(SQL_RECEIPT_DONE)?.execute(params![*id as i64])?;
+            }
+            Op::InsertOutbox { seq, session, body } => {
+                *max_seq = (*max_seq).max(*seq);
+                st.get(SQL_OUTBOX)?
+                    .execute(params![&**session, *seq as i64, &**body])?;
+            }
+            Op::DeleteOutbox { session, seq } => {
+                st.get(SQL_OUTBOX_DELETE)?
+                    .execute(params![&**session, *seq as i64])?;
+            }
+            Op::UpstreamSeen { message_id } => {
+                st.get(SQL_SEEN)?.execute(params![message_id, now])?;
+            }
+            Op::Upstream { message_id, then } => {
+                if st.get(SQL_SEEN)?.execute(params![message_id, now])? == 1 {
+                    for op in then {
+                        apply_op(st, op, skip_inserts, now, max_seq, dups, repeated)?;
+                    }
+                } else {
+                    repeated.extend(then.iter().filter_map(|op| match op {
+                        Op::InsertOutbox { seq, .. } => Some(*seq),
+                        _ => None,
+                    }));
+                }
+            }
+            Op::Unroutable { category, body } => {
+                st.get(SQL_UNROUTABLE)?
+                    .execute(params![category, body, now])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,72 @@
+//! `gimmm bench` end to end, small: emulator in the bench process, gateway as
+//! a child process, 2000 messages (some grouped, some upstream, with
+//! receipts). Checks the JSON report and that nothing was lost or
+//! duplicated.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+#[test]
+fn bench_2000_messages_reports_json_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_gimmm"))
+        .args([
+            "bench",
+            "--messages",
+            "2000",
+            "--links",
+            "2",
+            "--sessions",
+            "2",
+        ])
+        .args([
+            "--groups",
+            "0.1",
+            "--upstream-fraction",
+            "0.2",
+            "--receipts",
+        ])
+        .args(["--timeout-secs", "15", "--store-dir"])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("throughput"), "{stdout}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["messages"], 2000, "{v:#}");
+    assert_eq!(v["upstream"], 400, "{v:#}");
+    assert_eq!(v["downstream"], 1600, "{v:#}");
+    assert_eq!(v["lost"], 0, "{v:#}");
+    assert_eq!(v["duplicated"], 0, "{v:#}");
+    assert_eq!(v["rejected"], 0, "{v:#}");
+    assert!(v["elapsed_secs"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert!(
+        v["throughput_msgs_per_sec"].as_f64().unwrap() > 0.0,
+        "{v:#}"
+    );
+    for q in ["p50", "p99", "p999"] {
+        let ms = v["latency_ms"][q].as_f64().unwrap();
+        assert!(ms > 0.0 && ms < 60_000.0, "latency {q} = {ms}: {v:#}");
+    }
+    assert!(v["latency_ms"]["p50"].as_f64() <= v["latency_ms"]["p99"].as_f64());
+    // Read from /proc/<child>/status on Linux.
+    if cfg!(target_os = "linux") {
+        assert!(
+            v["gateway_peak_rss_bytes"].as_u64().unwrap() > 1_000_000,
+            "{v:#}"
+        );
+    }
+    let emu = &v["emulator"];
+    assert_eq!(emu["acks_sent"], 1600, "{v:#}");
+    assert_eq!(emu["duplicates"], 0, "{v:#}");
+    assert_eq!(emu["window_violations"], 0, "{v:#}");
+    assert_eq!(emu["upstream_acked"], 400, "{v:#}");
+    assert_eq!(emu["receipts_acked"], 1600, "{v:#}");
+}
