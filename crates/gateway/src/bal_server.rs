@@ -5,7 +5,7 @@
 //! flushing when its queue is empty.
 
 use crate::config::{BalConfig, Secret};
-use crate::engine::{line_of, Cmd, ConnId, Incoming, Out};
+use crate::engine::{out_channel, OutRx, OutTx, BACKPRESSURE_LINES, line_of, Cmd, ConnId, Incoming, Out};
 use bal::proto::{BalError, FromBalRef, ToBal};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -102,7 +102,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
     let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (r, w) = sock.into_split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
+    let (out_tx, out_rx) = out_channel();
     let closed = CancellationToken::new();
     let writer = tokio::spawn(write_loop(w, out_rx, closed.clone()));
     let codec = AnyDelimiterCodec::new_with_max_length(
@@ -121,6 +121,15 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
         }
     };
     loop {
+        // Backpressure: while the BAL does not read what it is sent, stop
+        // reading what it sends.
+        if out_tx.backlog() > BACKPRESSURE_LINES {
+            tokio::select! {
+                _ = out_tx.wait_below(BACKPRESSURE_LINES / 2) => {}
+                _ = closed.cancelled() => break,
+                _ = shutdown.cancelled() => break,
+            }
+        }
         let next = tokio::select! {
             n = lines.next() => n,
             _ = closed.cancelled() => break,
@@ -195,14 +204,14 @@ fn trim_cr(b: &Bytes) -> &[u8] {
     s.strip_suffix(b"\r").unwrap_or(s)
 }
 
-fn send(out: &mpsc::UnboundedSender<Out>, m: &ToBal) {
+fn send(out: &OutTx, m: &ToBal) {
     let _ = out.send(Out::Owned(line_of(m)));
 }
 
 async fn logon(
     lines: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AnyDelimiterCodec>,
     shared: &Shared,
-    out: &mpsc::UnboundedSender<Out>,
+    out: &OutTx,
     conn: ConnId,
     closed: &CancellationToken,
     shutdown: &CancellationToken,
@@ -353,7 +362,7 @@ fn prepare(
 
 async fn write_loop(
     w: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    mut rx: OutRx,
     closed: CancellationToken,
 ) {
     let mut w = BufWriter::with_capacity(64 * 1024, w);
@@ -379,11 +388,12 @@ async fn write_loop(
                     break 'outer;
                 }
             }
-            next = rx.try_recv().ok();
+            next = rx.try_recv();
         }
         if w.flush().await.is_err() {
             break;
         }
+        rx.written();
     }
     closed.cancel();
 }

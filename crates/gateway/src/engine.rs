@@ -46,6 +46,103 @@ pub enum Out {
     Close,
 }
 
+/// Where the engine and a BAL connection's reader queue lines for that
+/// connection's writer. The queue is counted: the reader stops reading from
+/// the socket while the BAL does not read what it is sent (TCP then pushes
+/// back on the BAL), and the engine disconnects a BAL whose backlog still
+/// grows past [`SLOW_CONSUMER_LINES`] — its results stay stored and are
+/// redelivered when it logs on again.
+#[derive(Debug, Clone)]
+pub struct OutTx {
+    tx: mpsc::UnboundedSender<Out>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    drained: Arc<tokio::sync::Notify>,
+}
+
+/// The writer's side of an [`OutTx`].
+#[derive(Debug)]
+pub struct OutRx {
+    rx: mpsc::UnboundedReceiver<Out>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    drained: Arc<tokio::sync::Notify>,
+}
+
+/// Lines queued for one BAL beyond which its reader pauses.
+pub const BACKPRESSURE_LINES: usize = 1024;
+/// Lines queued for one BAL beyond which the engine disconnects it.
+pub const SLOW_CONSUMER_LINES: usize = 16 * 1024;
+
+/// A counted queue of lines for one BAL connection.
+pub fn out_channel() -> (OutTx, OutRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let drained = Arc::new(tokio::sync::Notify::new());
+    (
+        OutTx {
+            tx,
+            queued: queued.clone(),
+            drained: drained.clone(),
+        },
+        OutRx {
+            rx,
+            queued,
+            drained,
+        },
+    )
+}
+
+impl OutTx {
+    /// Queues one item; fails when the writer is gone.
+    pub fn send(&self, o: Out) -> Result<(), mpsc::error::SendError<Out>> {
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tx.send(o)
+    }
+
+    /// Items queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the backlog is at most `limit`.
+    pub async fn wait_below(&self, limit: usize) {
+        while self.backlog() > limit {
+            if self.tx.is_closed() {
+                return;
+            }
+            self.drained.notified().await;
+        }
+    }
+}
+
+impl OutRx {
+    /// The next item.
+    pub async fn recv(&mut self) -> Option<Out> {
+        let o = self.rx.recv().await;
+        self.took(o.is_some());
+        o
+    }
+
+    /// The next item if one is queued.
+    pub fn try_recv(&mut self) -> Option<Out> {
+        let o = self.rx.try_recv().ok();
+        self.took(o.is_some());
+        o
+    }
+
+    fn took(&self, some: bool) {
+        if some {
+            self.queued
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Tells a paused reader that the queue was written out.
+    pub fn written(&self) {
+        self.drained.notify_one();
+    }
+}
+
 /// Hasher for the engine's own row ids (sequential integers, not chosen by
 /// anyone outside): one multiplication instead of SipHash.
 #[derive(Default, Clone, Copy)]
@@ -126,7 +223,7 @@ pub enum Cmd {
         /// Connection.
         conn: ConnId,
         /// Where to write.
-        out: mpsc::UnboundedSender<Out>,
+        out: OutTx,
     },
     /// A connection went away.
     Detach {
@@ -266,10 +363,12 @@ struct LinkState {
     draining: bool,
     /// Messages sent on this link and not answered (they are in `wire`).
     pending: usize,
+    /// When it became ready.
+    ready_at: Option<Instant>,
 }
 
 struct SessionState {
-    conn: Option<(ConnId, mpsc::UnboundedSender<Out>)>,
+    conn: Option<(ConnId, OutTx)>,
     queue: VecDeque<(u64, Arc<str>)>,
     inflight: BTreeMap<u64, Arc<str>>,
     spilled: bool,
@@ -287,6 +386,17 @@ impl SessionState {
         }
     }
 }
+
+/// Batches handed to the store and not yet committed beyond which the
+/// engine stops taking BAL commands.
+const MAX_AWAITING: usize = 64;
+
+/// A link ready for this long resets the reconnect backoff when it drops.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+
+/// Done messages remembered in memory for receipt routing; beyond this the
+/// store answers (it keeps every message that asked for a receipt).
+const MAX_RECEIPT_MEMORY: usize = 100_000;
 
 /// How often expired messages are swept while no link takes them.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -410,6 +520,7 @@ impl Engine {
     pub async fn run(
         mut self,
         mut cmds: mpsc::Receiver<Cmd>,
+        mut ctl: mpsc::Receiver<Cmd>,
         mut link_rx: mpsc::UnboundedReceiver<LinkEvent>,
         mut commit_rx: mpsc::UnboundedReceiver<Committed>,
     ) {
@@ -432,7 +543,13 @@ impl Engine {
                         match link_rx.try_recv() { Ok(ev) => self.on_link(ev), Err(_) => break }
                     }
                 }
-                Some(cmd) = cmds.recv() => {
+                // Admin snapshots have their own channel so /readyz answers
+                // even while BAL commands are held back.
+                Some(cmd) = ctl.recv() => self.on_cmd(cmd),
+                // Backpressure: while the store has many batches to commit
+                // (a slow or stuck disk), stop taking BAL commands; the BAL
+                // tasks then stop reading their sockets.
+                Some(cmd) = cmds.recv(), if self.awaiting.len() < MAX_AWAITING => {
                     self.on_cmd(cmd);
                     for _ in 0..1024 {
                         match cmds.try_recv() { Ok(c) => self.on_cmd(c), Err(_) => break }
@@ -503,6 +620,7 @@ impl Engine {
                 ready: false,
                 draining: false,
                 pending: 0,
+                ready_at: None,
             },
         );
         metrics::gauge!("gimmm_links").set(self.links.len() as f64);
@@ -514,9 +632,9 @@ impl Engine {
             LinkEvent::Ready(id) => {
                 if let Some(l) = self.links.get_mut(&id) {
                     l.ready = true;
+                    l.ready_at = Some(Instant::now());
                 }
                 self.auth_error = None;
-                self.reconnect.reset();
                 metrics::counter!("gimmm_link_ready_total").increment(1);
             }
             LinkEvent::ConnectFailed { error, auth, .. } => {
@@ -564,6 +682,11 @@ impl Engine {
                 self.release_collided();
                 if !l.draining && !self.shutdown.is_cancelled() {
                     metrics::counter!("gimmm_link_reconnects_total").increment(1);
+                    // A link that lived a while earns a fresh backoff; one that
+                    // dies right after its handshake keeps backing off.
+                    if l.ready_at.is_some_and(|t| t.elapsed() >= STABLE_LINK) {
+                        self.reconnect.reset();
+                    }
                     let delay = self.reconnect.next_delay();
                     tracing::info!(link, %reason, retry_in = ?delay, "CCS connection lost; reconnecting");
                     self.spawn_link(delay);
@@ -897,6 +1020,9 @@ impl Engine {
         self.meters.final_ack.increment(1);
         tracing::debug!(session = %m.session, message_id = %m.message_id, "downstream acked");
         if m.receipt {
+            if self.receipts.len() >= MAX_RECEIPT_MEMORY {
+                self.receipts.clear();
+            }
             self.receipts
                 .insert(m.message_id.to_string(), (m.session.clone(), id));
         }
@@ -1067,6 +1193,13 @@ impl Engine {
         if let Some(st) = self.sessions.get(session) {
             if let Some((c, out)) = &st.conn {
                 if *c == conn {
+                    if out.backlog() > SLOW_CONSUMER_LINES {
+                        // The BAL does not read: disconnect it; its results
+                        // stay stored and are redelivered on its next logon.
+                        tracing::warn!(%session, conn, "BAL does not read what it is sent; disconnecting it");
+                        let _ = out.send(Out::Close);
+                        return;
+                    }
                     let _ = out.send(Out::Owned(line));
                 }
             }

@@ -70,6 +70,8 @@ impl Gateway {
         connector: Arc<dyn xmpp::connect::Connector>,
         shutdown: CancellationToken,
     ) -> Result<Gateway, GatewayError> {
+        // Install the metrics recorder before anything records.
+        let _ = admin::prometheus();
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let (store, recovery) = store::Store::open(&cfg.store.path, commit_tx)?;
         tracing::info!(
@@ -148,9 +150,10 @@ impl Gateway {
         }
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        let (ctl_tx, ctl_rx) = mpsc::channel(64);
         let tracker = TaskTracker::new();
         let eng = engine::Engine::new(ecfg, store.clone(), &recovery, link_tx, shutdown.clone());
-        tracker.spawn(eng.run(cmd_rx, link_rx, commit_rx));
+        tracker.spawn(eng.run(cmd_rx, ctl_rx, link_rx, commit_rx));
         tracker.spawn(bal_server::serve(
             bal_listener,
             cfg.bal.clone(),
@@ -158,7 +161,7 @@ impl Gateway {
             shutdown.clone(),
         ));
         if let Some(l) = admin_listener {
-            let state = admin::AdminState::new(cmd_tx.clone(), store, cfg.admin.token.clone());
+            let state = admin::AdminState::new(ctl_tx.clone(), store, cfg.admin.token.clone());
             tracker.spawn(admin::serve(l, state, shutdown.clone()));
         }
         tracker.close();
@@ -168,7 +171,7 @@ impl Gateway {
             admin_addr,
             shutdown,
             tracker,
-            engine: cmd_tx,
+            engine: ctl_tx,
         })
     }
 

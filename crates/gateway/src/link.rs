@@ -122,17 +122,18 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut delay = initial_delay;
+    let mut auth_logged = false;
     let stream = loop {
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return closed(&events, id),
             }
         }
         let _ = events.send(LinkEvent::Connecting(id));
         let attempt = tokio::select! {
             r = connect(&p) => r,
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return closed(&events, id),
         };
         match attempt {
             Ok(s) => break s,
@@ -144,8 +145,12 @@ async fn run(
                     p.connect_backoff.next_delay()
                 };
                 let error = e.to_string();
-                if auth {
+                if auth && !auth_logged {
+                    // Said once per link; /readyz and the metrics keep saying it.
+                    auth_logged = true;
                     tracing::error!(link = id, retry_in = ?delay, "FCM rejected the credentials (SASL failure): {error}");
+                } else if auth {
+                    tracing::debug!(link = id, retry_in = ?delay, "FCM still rejects the credentials");
                 } else {
                     tracing::warn!(link = id, retry_in = ?delay, "CCS connect failed: {error}");
                 }
@@ -162,6 +167,14 @@ async fn run(
     let reason = serve(id, &p, stream, &mut cmds, &events, &shutdown).await;
     tracing::debug!(link = id, %reason, "CCS link closed");
     let _ = events.send(LinkEvent::Closed { link: id, reason });
+}
+
+/// Reports a link that ends before it was ever ready (shutdown).
+fn closed(events: &mpsc::UnboundedSender<LinkEvent>, id: LinkId) {
+    let _ = events.send(LinkEvent::Closed {
+        link: id,
+        reason: "shutdown".into(),
+    });
 }
 
 async fn connect(p: &LinkParams) -> Result<XmppStream<xmpp::connect::BoxStream>, xmpp::XmppError> {

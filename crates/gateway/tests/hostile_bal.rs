@@ -56,7 +56,6 @@ async fn ping(c: &mut BalClient) -> Duration {
 /// answered with an ERROR line ~50x its size, so without backpressure gimmm
 /// queues the answers in memory without bound.
 #[tokio::test]
-#[ignore = "hole: a BAL that never reads makes gimmm queue replies without bound (unbounded per-connection out queue in bal_server); see RELIABILITY.md"]
 async fn flood_without_reading_keeps_memory_bounded() {
     let _serial = SERIAL.lock().await;
     let env = start(Faults::default(), |_| {}).await;

@@ -391,7 +391,6 @@ fn rss_bytes() -> u64 {
 /// without backpressure each DOWNSTREAM becomes a batch queued for the
 /// writer (body included) and an effect awaiting its commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: while the store writer is stuck, the engine keeps queueing batches for it without bound; see RELIABILITY.md"]
 async fn a_stuck_store_does_not_buffer_new_messages_without_bound() {
     let Some(fs) = Tmpfs::mount("4m") else { return };
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
