@@ -673,6 +673,26 @@ fn proc_status(pid: u32, key: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Median latency of `fdatasync` after a 4 KiB append in `dir`, in ms: the
+/// floor under every durable commit, and on a shared VM the figure that
+/// moves the most between runs.
+fn fsync_probe_ms(dir: &Path) -> Option<f64> {
+    use std::io::Write as _;
+    let path = dir.join(format!("fsync-probe-{}", rand_u32()));
+    let mut f = std::fs::File::create(&path).ok()?;
+    let block = [0u8; 4096];
+    let mut times = Vec::with_capacity(20);
+    for _ in 0..20 {
+        f.write_all(&block).ok()?;
+        let t = Instant::now();
+        f.sync_data().ok()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied()
+}
+
 /// CPU time (user + system) a process used so far, in seconds.
 fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1071,6 +1091,7 @@ async fn load(a: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| dir.path().to_path_buf());
     std::fs::create_dir_all(&store_dir)?;
     let store = store_dir.join(format!("bench-{}.db", rand_u32()));
+    let fsync_ms = fsync_probe_ms(&store_dir);
 
     // Emulator and gateway.
     let (gw, bal_addr, emu) = if let Some(addr) = &a.gateway {
@@ -1249,6 +1270,9 @@ async fn load(a: BenchArgs) -> Result<()> {
         if a.ack_delay_ms > 0 { format!(", ack delay {} ms", a.ack_delay_ms) } else { String::new() },
     );
     println!("  elapsed          {elapsed:.3} s");
+    if let Some(f) = fsync_ms {
+        println!("  store fsync      {f:.3} ms (median fdatasync in the store directory, measured before the run)");
+    }
     println!("  throughput       {throughput:.0} msg/s");
     println!(
         "  latency (ms)     p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}   (BAL send -> DOWNSTREAM_ACK, {} samples)",
@@ -1323,6 +1347,7 @@ async fn load(a: BenchArgs) -> Result<()> {
         "gateway_peak_rss_bytes": peak_rss,
         "gateway_max_sampled_rss_bytes": rss_sampled,
         "rss_scope": rss_scope,
+        "store_fsync_ms": fsync_ms,
         "gateway_cpu_secs": gw_cpu,
         "bench_process_cpu_secs": bench_cpu,
         "gateway_cpu_us_per_msg": gw_cpu.map(|c| c * 1e6 / p.n as f64),
@@ -1368,6 +1393,7 @@ async fn queue_while_down(a: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| dir.path().to_path_buf());
     std::fs::create_dir_all(&store_dir)?;
     let store = store_dir.join(format!("bench-{}.db", rand_u32()));
+    let fsync_ms = fsync_probe_ms(&store_dir);
     let identity = TlsIdentity::generate(&["localhost".to_string(), "127.0.0.1".to_string()])?;
     let ca = dir.path().join("emulator-ca.pem");
     std::fs::write(&ca, &identity.ca_pem)?;
@@ -1543,6 +1569,7 @@ async fn queue_while_down(a: BenchArgs) -> Result<()> {
         "links": a.links,
         "sessions": a.sessions,
         "restart": format!("{:?}", a.restart).to_lowercase(),
+        "store_fsync_ms": fsync_ms,
         "fill_secs": fill_secs,
         "fill_msgs_per_sec": total as f64 / fill_secs,
         "backlog_peak_rss_bytes": peak_fill,

@@ -393,15 +393,13 @@ impl Store {
             wal: wal_path,
             db: path.to_path_buf(),
         };
-        let writer_files = sync_files.clone();
-        let writer_committed = committed.clone();
         std::thread::Builder::new()
             .name("gimmm-store-sync".into())
             .spawn(move || syncer_loop(&sync_files, sync_rx, back, committed))
             .map_err(io)?;
         std::thread::Builder::new()
             .name("gimmm-store".into())
-            .spawn(move || writer_loop(w, &db_path, rx, sync_tx, &writer_files, writer_committed))
+            .spawn(move || writer_loop(w, &db_path, rx, sync_tx))
             .map_err(io)?;
         Ok((
             Store {
@@ -627,7 +625,6 @@ fn sync_wal(wal: &Path, db: &Path, file: &mut Option<(File, u64)>) -> std::io::R
 }
 
 /// What to fsync.
-#[derive(Clone)]
 struct SyncFiles {
     wal: PathBuf,
     db: PathBuf,
@@ -678,61 +675,37 @@ fn writer_loop(
     path: &Path,
     rx: mpsc::Receiver<ToWriter>,
     to_sync: mpsc::Sender<Durable>,
-    files: &SyncFiles,
-    committed: UnboundedSender<Committed>,
 ) {
     let mut open: Option<Open> = None;
     // Commits handed to the syncer and not synced yet.
     let mut in_sync = 0usize;
     let mut stopping = false;
-    let mut sync_file = None;
-    // A message read while deciding how to sync, handled next.
-    let mut carried: Option<ToWriter> = None;
     loop {
         // Commit when the disk is free (no fsync running), when the group is
         // large, or when stopping. Until then batches keep joining the open
-        // transaction: the group grows exactly as much as the flush latency
-        // requires.
-        let commit_now = carried.is_none()
-            && open
-                .as_ref()
-                .is_some_and(|o| in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping);
+        // transaction, applied as they come while the previous commit is
+        // being flushed: the group grows exactly as much as the flush
+        // latency requires, and the CPU work overlaps the flush. (Syncing
+        // here instead when idle was measured: it puts the apply time of
+        // the batches that arrived during the flush on the critical path,
+        // +0.3 ms median latency at 10k msg/s.)
+        let commit_now = open
+            .as_ref()
+            .is_some_and(|o| in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping);
         if commit_now {
             if let Some(o) = open.take() {
                 let d = commit(&mut conn, path, o);
-                // Nothing else to do and no fsync running: sync here and
-                // save the hand-over (the common case at low load). With
-                // more work waiting, the syncer flushes while we go on.
-                match rx.try_recv() {
-                    Err(mpsc::TryRecvError::Empty) if in_sync == 0 => {
-                        files.sync(&mut sync_file);
-                        if !report(&committed, d) {
-                            return;
-                        }
-                    }
-                    next => {
-                        if let Ok(m) = next {
-                            carried = Some(m);
-                        }
-                        in_sync += 1;
-                        if to_sync.send(d).is_err() {
-                            return;
-                        }
-                    }
+                in_sync += 1;
+                if to_sync.send(d).is_err() {
+                    return;
                 }
             }
             continue;
         }
-        if stopping && open.is_none() && in_sync == 0 && carried.is_none() {
+        if stopping && open.is_none() && in_sync == 0 {
             return;
         }
-        let msg = match carried.take() {
-            Some(m) => m,
-            None => match rx.recv() {
-                Ok(m) => m,
-                Err(_) => return,
-            },
-        };
+        let Ok(msg) = rx.recv() else { return };
         match msg {
             ToWriter::Synced(n) => in_sync = in_sync.saturating_sub(n),
             ToWriter::Stop => stopping = true,
