@@ -5,7 +5,9 @@
 //! flushing when its queue is empty.
 
 use crate::config::{BalConfig, Secret};
-use crate::engine::{out_channel, OutRx, OutTx, BACKPRESSURE_LINES, line_of, Cmd, ConnId, Incoming, Out};
+use crate::engine::{
+    line_of, out_channel, Cmd, ConnId, Incoming, Out, OutRx, OutTx, BACKPRESSURE_LINES,
+};
 use bal::proto::{BalError, FromBalRef, ToBal};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -360,11 +362,7 @@ fn prepare(
     }
 }
 
-async fn write_loop(
-    w: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: OutRx,
-    closed: CancellationToken,
-) {
+async fn write_loop(w: tokio::net::tcp::OwnedWriteHalf, mut rx: OutRx, closed: CancellationToken) {
     let mut w = BufWriter::with_capacity(64 * 1024, w);
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);

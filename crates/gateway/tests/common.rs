@@ -65,9 +65,10 @@ pub async fn start(faults: Faults, tweak: impl FnOnce(&mut Config)) -> Env {
     cfg.validate().unwrap();
     let connector: Arc<dyn xmpp::connect::Connector> =
         Arc::new(xmpp::connect::DirectTls::with_ca_pem(emu.ca_pem().as_bytes()).unwrap());
-    let gw = Gateway::start_with_connector(cfg.clone(), connector.clone(), CancellationToken::new())
-        .await
-        .unwrap();
+    let gw =
+        Gateway::start_with_connector(cfg.clone(), connector.clone(), CancellationToken::new())
+            .await
+            .unwrap();
     Env {
         emu,
         gw: Some(gw),

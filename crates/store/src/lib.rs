@@ -865,8 +865,7 @@ fn syncer_loop(
                 engine_gone = true;
             }
         }
-        // Only now: the writer may then sync and report on its own, after
-        // these reports.
+        // The disk is free: the writer may commit its next group.
         let _ = writer.send(ToWriter::Synced(n));
     }
 }
