@@ -549,7 +549,7 @@ impl Engine {
                 // Backpressure: while the store has many batches to commit
                 // (a slow or stuck disk), stop taking BAL commands; the BAL
                 // tasks then stop reading their sockets.
-                Some(cmd) = cmds.recv(), if self.awaiting.len() < MAX_AWAITING => {
+                Some(cmd) = cmds.recv(), if self.awaiting.len() < MAX_AWAITING || self.store.is_degraded() => {
                     self.on_cmd(cmd);
                     for _ in 0..1024 {
                         match cmds.try_recv() { Ok(c) => self.on_cmd(c), Err(_) => break }
@@ -1148,6 +1148,19 @@ impl Engine {
 
     fn on_downstream(&mut self, inc: Incoming) {
         self.meters.received.increment(1);
+        if self.store.is_degraded() {
+            // The store cannot take writes: refuse at once (never ACCEPTED)
+            // rather than queue the message behind the stuck write.
+            let line = line_of(&ToBal::error(
+                BalError::StoreUnavailable,
+                format!(
+                    "message {} not accepted: the store cannot take writes (disk full?)",
+                    inc.message_id
+                ),
+            ));
+            self.send_to_conn(&inc.session, inc.conn, line);
+            return;
+        }
         if let Some((code, desc)) = inc.rejected {
             // Never sent: the REJECT is the final result (sequenced, stored).
             self.reject_line(

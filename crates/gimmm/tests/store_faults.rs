@@ -373,7 +373,6 @@ async fn disk_full_with_other_writes_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: while a non-insert batch cannot be committed, the store writer retries it in a loop and no DOWNSTREAM is answered until space returns; see RELIABILITY.md"]
 async fn disk_full_with_other_writes_still_answers_downstreams() {
     disk_full_with_other_writes(true).await;
 }

@@ -260,6 +260,7 @@ pub struct Store {
     path: Arc<PathBuf>,
     _lock: Arc<File>,
     _stop: Arc<StopOnDrop>,
+    degraded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the writer thread is told.
@@ -397,9 +398,11 @@ impl Store {
             .name("gimmm-store-sync".into())
             .spawn(move || syncer_loop(&sync_files, sync_rx, back, committed))
             .map_err(io)?;
+        let degraded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_degraded = degraded.clone();
         std::thread::Builder::new()
             .name("gimmm-store".into())
-            .spawn(move || writer_loop(w, &db_path, rx, sync_tx))
+            .spawn(move || writer_loop(w, &db_path, rx, sync_tx, &writer_degraded))
             .map_err(io)?;
         Ok((
             Store {
@@ -408,6 +411,7 @@ impl Store {
                 path: Arc::new(path.to_path_buf()),
                 _lock: Arc::new(lock),
                 _stop: Arc::new(StopOnDrop(tx)),
+                degraded,
             },
             recovery,
         ))
@@ -416,6 +420,12 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True while commits fail (disk full, read-only ...): new messages
+    /// should be refused at once rather than queued behind the stuck write.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues a batch for the writer.
@@ -675,6 +685,7 @@ fn writer_loop(
     path: &Path,
     rx: mpsc::Receiver<ToWriter>,
     to_sync: mpsc::Sender<Durable>,
+    degraded: &std::sync::atomic::AtomicBool,
 ) {
     let mut open: Option<Open> = None;
     // Commits handed to the syncer and not synced yet.
@@ -694,7 +705,7 @@ fn writer_loop(
             .is_some_and(|o| in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping);
         if commit_now {
             if let Some(o) = open.take() {
-                let d = commit(&mut conn, path, o);
+                let d = commit(&mut conn, path, o, degraded);
                 in_sync += 1;
                 if to_sync.send(d).is_err() {
                     return;
@@ -728,7 +739,7 @@ fn writer_loop(
                     Err(e) => {
                         let _ = conn.execute_batch("ROLLBACK");
                         if let Some(o) = open.take() {
-                            let d = refuse_inserts(&mut conn, path, o, &e);
+                            let d = refuse_inserts(&mut conn, path, o, &e, degraded);
                             in_sync += 1;
                             if to_sync.send(d).is_err() {
                                 return;
@@ -742,7 +753,12 @@ fn writer_loop(
 }
 
 /// Commits the open transaction (no fsync: the syncer does that).
-fn commit(conn: &mut Connection, path: &Path, o: Open) -> Durable {
+fn commit(
+    conn: &mut Connection,
+    path: &Path,
+    o: Open,
+    degraded: &std::sync::atomic::AtomicBool,
+) -> Durable {
     let res = (|| {
         if o.max_seq > 0 {
             conn.prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE key = 'next_seq'")?
@@ -773,7 +789,7 @@ fn commit(conn: &mut Connection, path: &Path, o: Open) -> Durable {
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            refuse_inserts(conn, path, o, &e)
+            refuse_inserts(conn, path, o, &e, degraded)
         }
     }
 }
@@ -781,7 +797,16 @@ fn commit(conn: &mut Connection, path: &Path, o: Open) -> Durable {
 /// The store cannot take writes (disk full, read-only ...). New messages
 /// are refused; everything else is retried until it is on disk, because the
 /// engine already acted on it.
-fn refuse_inserts(conn: &mut Connection, path: &Path, o: Open, e: &rusqlite::Error) -> Durable {
+fn refuse_inserts(
+    conn: &mut Connection,
+    path: &Path,
+    o: Open,
+    e: &rusqlite::Error,
+    degraded: &std::sync::atomic::AtomicBool,
+) -> Durable {
+    // While this lasts the engine refuses new messages at once instead of
+    // queueing them behind the stuck write.
+    degraded.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::error!(error = %e, path = %path.display(), "store commit failed; refusing new messages until it recovers");
     let failed: Vec<Vec<u64>> = o
         .batches
@@ -807,6 +832,7 @@ fn refuse_inserts(conn: &mut Connection, path: &Path, o: Open, e: &rusqlite::Err
             }
         }
     }
+    degraded.store(false, std::sync::atomic::Ordering::Relaxed);
     let msg = e.to_string();
     let n = o.batches.len();
     Durable {
