@@ -502,18 +502,13 @@ pub mod line {
         message_id: &str,
         fcm_data: &str,
     ) -> String {
-        let mut out = head(
+        with_message_id(
             "DOWNSTREAM_ACK",
             sequence_id,
             session_id,
-            message_id.len() + fcm_data.len(),
-        );
-        out.push_str(",\"message_id\":");
-        push_str(&mut out, message_id);
-        out.push_str(",\"fcm_data\":");
-        push_raw(&mut out, fcm_data);
-        out.push('}');
-        out
+            message_id,
+            fcm_data,
+        )
     }
 
     /// `{"message_type":"DOWNSTREAM_RECEIPT","sequence_id":..,"session_id":..,"message_id":..,"fcm_data":..}`
@@ -523,8 +518,25 @@ pub mod line {
         message_id: &str,
         fcm_data: &str,
     ) -> String {
-        let mut out = head(
+        with_message_id(
             "DOWNSTREAM_RECEIPT",
+            sequence_id,
+            session_id,
+            message_id,
+            fcm_data,
+        )
+    }
+
+    /// A sequenced line of `kind` carrying a message id and raw `fcm_data`.
+    fn with_message_id(
+        kind: &str,
+        sequence_id: u64,
+        session_id: &str,
+        message_id: &str,
+        fcm_data: &str,
+    ) -> String {
+        let mut out = head(
+            kind,
             sequence_id,
             session_id,
             message_id.len() + fcm_data.len(),
