@@ -15,12 +15,13 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
+use store::sqlite::SqliteStore;
 use store::{now_ms, Batch, Committed, NewDownstream, Op, Store};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 struct Rig {
     _dir: tempfile::TempDir,
-    store: Store,
+    store: SqliteStore,
     rx: UnboundedReceiver<Committed>,
     no: u64,
     next: u64,
@@ -35,7 +36,7 @@ impl Rig {
             tempfile::tempdir().unwrap()
         };
         let (tx, rx) = unbounded_channel();
-        let (store, _) = Store::open(&dir.path().join("bench.db"), tx).unwrap();
+        let (store, _) = SqliteStore::open(&dir.path().join("bench.db"), tx).unwrap();
         Rig {
             _dir: dir,
             store,
@@ -70,6 +71,7 @@ impl Rig {
                         r#"{{"to":"bench-device-{}","message_id":"m-{id}","time_to_live":3600,"data":{{"score":"3x1"}}}}"#,
                         id % 1000
                     ),
+                    accepted_at_ms: now_ms(),
                     expires_at_ms: now_ms() + 3_600_000,
                     receipt: false,
                 })

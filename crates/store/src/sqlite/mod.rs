@@ -1,0 +1,400 @@
+//! The SQLite store (SPEC §6 "Storage"): WAL mode, pipelined group commit,
+//! versioned migrations. The embedded default of [`crate::Store`].
+//!
+//! One writer thread owns the read-write connection. Batches are applied as
+//! they arrive inside one open transaction, which is committed as soon as
+//! the previous commit is on disk (**group commit**: one fsync per group,
+//! not per message). A second thread, the syncer, makes each commit durable
+//! with `fdatasync` of the WAL and only then reports its batches as
+//! [`Committed`]; the writer meanwhile applies the next batches, so CPU work
+//! and the disk's flush latency overlap instead of adding up
+//! ([`writer`]).
+//!
+//! Durability is that of `synchronous=FULL` (every reported commit was
+//! fsynced); the connection runs with `synchronous=NORMAL` only because the
+//! fsync after each commit is done by the syncer instead of inside
+//! `COMMIT`. With NORMAL, SQLite still syncs the WAL before and the database
+//! after every checkpoint. One consequence: a commit is visible to readers
+//! a moment before it is durable. The interface promises durable rows only,
+//! so the syncer raises "durable up to" marks (highest row id and sequence
+//! id of the batches it reported) and the reads stop there.
+//!
+//! Reads go through a second, read-only connection on a blocking thread, so
+//! they never wait for the writer and never run on the caller's task.
+//!
+//! The schema lives in `migrations/`, applied in order and recorded in
+//! `PRAGMA user_version` ([`migrate`]).
+
+mod apply;
+mod migrate;
+mod writer;
+
+use crate::types::{
+    Batch, Committed, Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovery, UnroutableRow,
+};
+use crate::{ReadResult, Store, StoreError};
+use futures::future::BoxFuture;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use migrate::MIGRATIONS;
+
+/// Page cache of the writer connection (KiB). The indexes of a busy store
+/// are written all over; a larger cache saves reads of hot pages.
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
+
+/// The "durable up to" marks: highest downstream row id and sequence id of
+/// the batches reported as committed. Reads return nothing above them.
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    pub(crate) id: AtomicU64,
+    pub(crate) seq: AtomicU64,
+}
+
+impl Marks {
+    fn raise(&self, id: u64, seq: u64) {
+        self.id.fetch_max(id, Ordering::Release);
+        self.seq.fetch_max(seq, Ordering::Release);
+    }
+}
+
+/// The SQLite store. Cheap to clone; the writer stops when the last handle
+/// is dropped.
+#[derive(Clone)]
+pub struct SqliteStore {
+    tx: mpsc::Sender<writer::ToWriter>,
+    reader: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+    marks: Arc<Marks>,
+    _lock: Arc<File>,
+    _stop: Arc<StopOnDrop>,
+    degraded: Arc<AtomicBool>,
+}
+
+/// Tells the writer to stop when the last [`SqliteStore`] clone is dropped
+/// (the syncer keeps the writer's channel open, so disconnection cannot say
+/// it).
+struct StopOnDrop(mpsc::Sender<writer::ToWriter>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(writer::ToWriter::Stop);
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Maps a SQLite error to the store's, naming the file.
+pub(crate) fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Backend {
+        what: format!("sqlite error on {}", path.display()),
+        source: Box::new(source),
+    }
+}
+
+fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(path, flags).map_err(sql(path))?;
+    c.busy_timeout(Duration::from_secs(5)).map_err(sql(path))?;
+    Ok(c)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and starts the writer
+    /// and syncer threads; each committed batch is reported on `committed`.
+    pub fn open(
+        path: &Path,
+        committed: UnboundedSender<Committed>,
+    ) -> Result<(SqliteStore, Recovery), StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+        }
+        // An advisory lock beside the database: two gimmm on one store would
+        // hand out the same sequence ids.
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(path.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+
+        let mut w = open_conn(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        w.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql(path))?;
+        // FULL durability: the syncer fsyncs the WAL after every commit
+        // before reporting it (see the module docs).
+        w.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql(path))?;
+        w.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(sql(path))?;
+        w.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql(path))?;
+        migrate::migrate(&mut w, path)?;
+        let r = open_conn(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let (recovery, max_id, max_seq) = recover(&r, path)?;
+        // What a previous run left is visible now; make it durable too, so
+        // that everything read back is on disk.
+        let files = writer::SyncFiles::new(path);
+        files.sync_once().map_err(io)?;
+        let marks = Arc::new(Marks::default());
+        marks.raise(max_id, max_seq);
+
+        let degraded = Arc::new(AtomicBool::new(false));
+        let tx = writer::start(w, path, files, committed, marks.clone(), degraded.clone())
+            .map_err(io)?;
+        Ok((
+            SqliteStore {
+                tx: tx.clone(),
+                reader: Arc::new(Mutex::new(r)),
+                path: Arc::new(path.to_path_buf()),
+                marks,
+                _lock: Arc::new(lock),
+                _stop: Arc::new(StopOnDrop(tx)),
+                degraded,
+            },
+            recovery,
+        ))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a read on a blocking thread with the reader connection.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &Marks) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, ReadResult<T>> {
+        let reader = self.reader.clone();
+        let marks = self.marks.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let guard = reader.lock().map_err(|_| StoreError::Stopped)?;
+                f(&guard, &marks).map_err(sql(&path))
+            })
+            .await
+            .map_err(|_| StoreError::Stopped)?
+        })
+    }
+}
+
+fn durable(mark: &AtomicU64) -> i64 {
+    mark.load(Ordering::Acquire).min(i64::MAX as u64) as i64
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.tx
+            .send(writer::ToWriter::Batch(batch))
+            .map_err(|_| StoreError::Stopped)
+    }
+
+    fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    fn load_queued(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, ReadResult<Vec<QueuedRow>>> {
+        self.read(move |c, marks| {
+            let mut st = c.prepare_cached(
+                "SELECT id, session, message_id, group_id, body, attempts, not_before,
+                        accepted_at, expires_at, receipt
+                 FROM downstream WHERE state = 0 AND id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = st.query_map(
+                params![after as i64, durable(&marks.id), limit as i64],
+                |r| {
+                    Ok(QueuedRow {
+                        id: r.get::<_, i64>(0)? as u64,
+                        session: r.get(1)?,
+                        message_id: r.get(2)?,
+                        group_id: r.get(3)?,
+                        body: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        attempts: r.get::<_, i64>(5)? as u32,
+                        not_before_ms: r.get(6)?,
+                        accepted_at_ms: r.get(7)?,
+                        expires_at_ms: r.get(8)?,
+                        receipt: r.get::<_, i64>(9)? != 0,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn load_outbox(
+        &self,
+        session: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, ReadResult<Vec<OutboxRow>>> {
+        let session = session.to_string();
+        self.read(move |c, marks| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, session, body FROM outbox WHERE session = ?1 AND seq > ?2 AND seq <= ?3
+                 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = st.query_map(
+                params![session, after as i64, durable(&marks.seq), limit as i64],
+                |r| {
+                    Ok(OutboxRow {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        session: r.get(1)?,
+                        body: r.get(2)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn receipt_target(
+        &self,
+        message_id: &str,
+    ) -> BoxFuture<'static, ReadResult<Option<ReceiptTarget>>> {
+        let message_id = message_id.to_string();
+        self.read(move |c, marks| {
+            c.prepare_cached(
+                "SELECT session, id FROM downstream WHERE message_id = ?1 AND receipt = 1
+                 AND id <= ?2 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![message_id, durable(&marks.id)], |r| {
+                Ok(ReceiptTarget {
+                    session: r.get(0)?,
+                    id: r.get::<_, i64>(1)? as u64,
+                })
+            })
+            .optional()
+        })
+    }
+
+    fn upstream_seen(&self, message_id: &str) -> BoxFuture<'static, ReadResult<bool>> {
+        let message_id = message_id.to_string();
+        self.read(move |c, _| {
+            c.prepare_cached("SELECT 1 FROM upstream_seen WHERE message_id = ?1")?
+                .exists(params![message_id])
+        })
+    }
+
+    fn counts(&self) -> BoxFuture<'static, ReadResult<Counts>> {
+        self.read(|c, _| {
+            let q: i64 =
+                c.query_row("SELECT count(*) FROM downstream WHERE state = 0", [], |r| {
+                    r.get(0)
+                })?;
+            let o: i64 = c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+            let u: i64 = c.query_row("SELECT count(*) FROM unroutable", [], |r| r.get(0))?;
+            Ok(Counts {
+                queued: q as u64,
+                outbox: o as u64,
+                unroutable: u as u64,
+            })
+        })
+    }
+
+    fn unroutable(&self, limit: usize) -> BoxFuture<'static, ReadResult<Vec<UnroutableRow>>> {
+        self.read(move |c, _| {
+            let mut st = c.prepare_cached(
+                "SELECT category, body FROM unroutable ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = st.query_map(params![limit as i64], |r| {
+                Ok(UnroutableRow {
+                    category: r.get(0)?,
+                    body: r.get(1)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+}
+
+/// What the database holds at open: the recovery summary, and the highest
+/// row id and sequence id (everything there is durable).
+fn recover(c: &Connection, path: &Path) -> Result<(Recovery, u64, u64), StoreError> {
+    let meta_seq: i64 = c
+        .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+            r.get(0)
+        })
+        .map_err(sql(path))?;
+    let max_id: i64 = c
+        .query_row("SELECT coalesce(max(id), 0) FROM downstream", [], |r| {
+            r.get(0)
+        })
+        .map_err(sql(path))?;
+    let queued: i64 = c
+        .query_row("SELECT count(*) FROM downstream WHERE state = 0", [], |r| {
+            r.get(0)
+        })
+        .map_err(sql(path))?;
+    let mut st = c
+        .prepare("SELECT session, count(*), max(seq) FROM outbox GROUP BY session")
+        .map_err(sql(path))?;
+    let per_session = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sql(path))?;
+    let max_seq = per_session.iter().map(|(_, _, m)| *m).max().unwrap_or(0);
+    let outbox = per_session.into_iter().map(|(s, n, _)| (s, n)).collect();
+    let next_seq = meta_seq.max(max_seq + 1) as u64;
+    Ok((
+        Recovery {
+            next_seq,
+            next_id: (max_id + 1) as u64,
+            queued: queued as u64,
+            outbox,
+        },
+        max_id as u64,
+        next_seq.saturating_sub(1),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,34 @@
+//! The store conformance suite on the SQLite store, each test on a fresh
+//! database file in a temp dir.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use store::conformance::{Harness, Opened};
+use store::sqlite::SqliteStore;
+use store::StoreError;
+
+struct Sqlite {
+    dir: tempfile::TempDir,
+}
+
+impl Sqlite {
+    fn new() -> Sqlite {
+        Sqlite {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl Harness for Sqlite {
+    fn open(&mut self) -> Result<Opened, StoreError> {
+        let (tx, commits) = tokio::sync::mpsc::unbounded_channel();
+        let (store, recovery) = SqliteStore::open(&self.dir.path().join("gimmm.db"), tx)?;
+        Ok(Opened {
+            store: Arc::new(store),
+            recovery,
+            commits,
+        })
+    }
+}
+
+store::conformance_tests!(Sqlite::new());
