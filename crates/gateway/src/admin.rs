@@ -9,9 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -19,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct AdminState {
     engine: mpsc::Sender<Cmd>,
-    store: store::Store,
+    store: store::SharedStore,
     token: Arc<Secret>,
 }
 
 impl AdminState {
     /// Builds the state.
-    pub fn new(engine: mpsc::Sender<Cmd>, store: store::Store, token: Secret) -> AdminState {
+    pub fn new(engine: mpsc::Sender<Cmd>, store: store::SharedStore, token: Secret) -> AdminState {
         AdminState {
             engine,
             store,
@@ -40,163 +39,11 @@ impl AdminState {
     }
 }
 
-/// Every metric the recorder exports, with its kind and help text. The
-/// gauges derived from the engine's state at scrape time are in
-/// `render_state`; together they are the list in docs/OPERATIONS.md.
-pub const METRICS: &[(&str, &str, &str)] = &[
-    (
-        "gimmm_downstream_received_total",
-        "counter",
-        "DOWNSTREAM messages received from BALs (invalid ones and idempotent resends included)",
-    ),
-    (
-        "gimmm_downstream_sent_total",
-        "counter",
-        "Downstream stanzas written to CCS, resends and retries included",
-    ),
-    (
-        "gimmm_downstream_final_total",
-        "counter",
-        "Final downstream results by state (ack, reject)",
-    ),
-    (
-        "gimmm_downstream_rejected_total",
-        "counter",
-        "DOWNSTREAM_REJECTs by error code (validation, final nacks, MAX_RETRIES, EXPIRED)",
-    ),
-    (
-        "gimmm_nacks_total",
-        "counter",
-        "Nacks received from CCS by error code",
-    ),
-    (
-        "gimmm_retries_total",
-        "counter",
-        "Downstream retries scheduled after a retryable nack",
-    ),
-    (
-        "gimmm_upstream_received_total",
-        "counter",
-        "Upstream messages received from CCS (resends by FCM included)",
-    ),
-    (
-        "gimmm_upstream_unroutable_total",
-        "counter",
-        "Upstream messages and receipts for no configured session, stored as unroutable",
-    ),
-    (
-        "gimmm_receipts_received_total",
-        "counter",
-        "Delivery receipts received from CCS",
-    ),
-    (
-        "gimmm_link_ready_total",
-        "counter",
-        "CCS connections that became ready (authenticated and bound)",
-    ),
-    (
-        "gimmm_link_connect_failures_total",
-        "counter",
-        "Failed CCS connection attempts (auth=true: FCM refused the credentials)",
-    ),
-    (
-        "gimmm_link_reconnects_total",
-        "counter",
-        "CCS connections lost unexpectedly and reopened",
-    ),
-    (
-        "gimmm_link_drains_total",
-        "counter",
-        "CONNECTION_DRAINING control messages received",
-    ),
-    (
-        "gimmm_bal_logon_failures_total",
-        "counter",
-        "Refused BAL LOGONs (unknown session or wrong token)",
-    ),
-    (
-        "gimmm_links",
-        "gauge",
-        "CCS connections open or being opened",
-    ),
-    (
-        "gimmm_bal_sessions_connected",
-        "gauge",
-        "BAL sessions with a logged-on connection",
-    ),
-    (
-        "gimmm_store_commit_seconds",
-        "histogram",
-        "Time to commit one store batch (one fsync)",
-    ),
-    (
-        "gimmm_store_batch_group_size",
-        "histogram",
-        "Engine batches committed together in one store transaction",
-    ),
-];
-
-/// Buckets of the store commit latency histogram, in seconds.
-const COMMIT_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-/// Buckets of the store group size histogram.
-const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+pub use crate::metrics::{prometheus, METRICS};
 
 /// How often histogram samples are folded into their buckets even when
 /// nobody scrapes (the recorder otherwise buffers every sample).
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The process-wide Prometheus recorder (installed on first use).
-pub fn prometheus() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE.get_or_init(install).as_ref()
-}
-
-fn install() -> Option<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("gimmm_store_commit_seconds".into()),
-            COMMIT_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("gimmm_store_batch_group_size".into()),
-                GROUP_BUCKETS,
-            )
-        })
-        .ok()?
-        .install_recorder()
-        .ok()?;
-    for (name, kind, help) in METRICS {
-        match *kind {
-            "counter" => metrics::describe_counter!(*name, *help),
-            "gauge" => metrics::describe_gauge!(*name, *help),
-            _ => metrics::describe_histogram!(*name, *help),
-        }
-    }
-    // Counters without labels (and the two final states) exist from the
-    // start, so rate() and alerts see 0 rather than nothing.
-    for (name, kind, _) in METRICS {
-        let labelled = matches!(
-            *name,
-            "gimmm_downstream_final_total"
-                | "gimmm_downstream_rejected_total"
-                | "gimmm_nacks_total"
-                | "gimmm_link_connect_failures_total"
-        );
-        if *kind == "counter" && !labelled {
-            metrics::counter!(*name).increment(0);
-        }
-    }
-    for state in ["ack", "reject"] {
-        metrics::counter!("gimmm_downstream_final_total", "state" => state).increment(0);
-    }
-    for auth in ["true", "false"] {
-        metrics::counter!("gimmm_link_connect_failures_total", "auth" => auth).increment(0);
-    }
-    Some(handle)
-}
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
@@ -283,11 +130,7 @@ async fn metrics_text(State(st): State<AdminState>) -> Response {
             .into_response();
     };
     let snapshot = st.snapshot().await;
-    let store = st.store.clone();
-    let counts = tokio::task::spawn_blocking(move || store.counts().ok())
-        .await
-        .ok()
-        .flatten();
+    let counts = st.store.counts().await.ok();
     let mut text = h.render();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -300,7 +143,7 @@ async fn metrics_text(State(st): State<AdminState>) -> Response {
 /// store's row counts. They are rendered here rather than kept in the
 /// recorder so that a link or session that went away leaves no stale series
 /// behind (links get a new id on every reconnect).
-fn render_state(out: &mut String, s: Option<&Snapshot>, counts: Option<(u64, u64, u64)>) {
+fn render_state(out: &mut String, s: Option<&Snapshot>, counts: Option<store::Counts>) {
     family(
         out,
         "gimmm_engine_up",
@@ -351,6 +194,12 @@ fn render_state(out: &mut String, s: Option<&Snapshot>, counts: Option<(u64, u64
         );
         family(
             out,
+            "gimmm_session_downstream_queued",
+            "Downstream messages of a session held in memory, waiting for FCM or in flight",
+            &sess(&|x| x.downstream_in_memory as f64),
+        );
+        family(
+            out,
             "gimmm_session_unacked",
             "Sequenced messages sent to a BAL session and not yet ACKed",
             &sess(&|x| x.unacked as f64),
@@ -383,7 +232,12 @@ fn render_state(out: &mut String, s: Option<&Snapshot>, counts: Option<(u64, u64
             )],
         );
     }
-    if let Some((queued, outbox, unroutable)) = counts {
+    if let Some(store::Counts {
+        queued,
+        outbox,
+        unroutable,
+    }) = counts
+    {
         family(
             out,
             "gimmm_store_queued_downstream",
@@ -478,8 +332,8 @@ fn internal(e: store::StoreError) -> ApiError {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}\n"))
 }
 
-fn queued_page(
-    store: &store::Store,
+async fn queued_page(
+    store: &store::SharedStore,
     session: Option<&str>,
     after: u64,
     limit: usize,
@@ -489,7 +343,10 @@ fn queued_page(
     let mut scanned = 0usize;
     let mut more = true;
     'scan: while items.len() < limit && scanned < SCAN_MAX {
-        let rows = store.load_queued(cursor, SCAN_PAGE).map_err(internal)?;
+        let rows = store
+            .load_queued(cursor, SCAN_PAGE)
+            .await
+            .map_err(internal)?;
         let n = rows.len();
         for r in rows {
             cursor = r.id;
@@ -498,7 +355,8 @@ fn queued_page(
                 items.push(serde_json::json!({
                     "id": r.id, "session": r.session, "message_id": r.message_id,
                     "group_id": r.group_id, "attempts": r.attempts,
-                    "not_before_ms": r.not_before_ms, "expires_at_ms": r.expires_at_ms,
+                    "not_before_ms": r.not_before_ms, "accepted_at_ms": r.accepted_at_ms,
+                    "expires_at_ms": r.expires_at_ms,
                     "fcm_data": json_or_null(&r.body)}));
                 if items.len() == limit {
                     break 'scan;
@@ -517,42 +375,46 @@ fn queued_page(
 
 async fn messages(State(st): State<AdminState>, Query(q): Query<MessagesQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let store = st.store.clone();
     let state = q.state.unwrap_or_else(|| "queued".into());
     let after = q.after.unwrap_or(0);
-    let res = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
-        match state.as_str() {
-            "queued" => queued_page(&store, q.session.as_deref(), after, limit),
-            "unroutable" => {
-                let rows = store.unroutable(limit).map_err(internal)?;
+    let res: Result<serde_json::Value, ApiError> = match state.as_str() {
+        "queued" => queued_page(&st.store, q.session.as_deref(), after, limit).await,
+        "unroutable" => match st.store.unroutable(limit).await {
+            Ok(rows) => {
                 let items: Vec<serde_json::Value> = rows
                     .into_iter()
-                    .map(|(c, b)| serde_json::json!({"category": c, "fcm_data": json_or_null(&b)}))
+                    .map(|r| serde_json::json!({"category": r.category, "fcm_data": json_or_null(&r.body)}))
                     .collect();
                 Ok(serde_json::json!({"state": "unroutable", "items": items}))
             }
-            "outbox" => {
-                let Some(session) = q.session.clone() else {
-                    return Err((StatusCode::BAD_REQUEST, "state=outbox needs session=\n".into()));
-                };
-                let rows = store.load_outbox(&session, after, limit).map_err(internal)?;
-                let next = (rows.len() == limit).then(|| rows.last().map(|r| r.seq)).flatten();
-                let items: Vec<serde_json::Value> = rows
-                    .into_iter()
-                    .map(|r| serde_json::json!({"sequence_id": r.seq, "message": json_or_null(&r.body)}))
-                    .collect();
-                Ok(serde_json::json!({"state": "outbox", "items": items, "next_after": next}))
-            }
-            other => Err((
+            Err(e) => Err(internal(e)),
+        },
+        "outbox" => match q.session.clone() {
+            None => Err((
                 StatusCode::BAD_REQUEST,
-                format!("unknown state {other:?} (queued, outbox, unroutable)\n"),
+                "state=outbox needs session=\n".into(),
             )),
-        }
-    })
-    .await;
+            Some(session) => match st.store.load_outbox(&session, after, limit).await {
+                Ok(rows) => {
+                    let next = (rows.len() == limit)
+                        .then(|| rows.last().map(|r| r.seq))
+                        .flatten();
+                    let items: Vec<serde_json::Value> = rows
+                        .into_iter()
+                        .map(|r| serde_json::json!({"sequence_id": r.seq, "message": json_or_null(&r.body)}))
+                        .collect();
+                    Ok(serde_json::json!({"state": "outbox", "items": items, "next_after": next}))
+                }
+                Err(e) => Err(internal(e)),
+            },
+        },
+        other => Err((
+            StatusCode::BAD_REQUEST,
+            format!("unknown state {other:?} (queued, outbox, unroutable)\n"),
+        )),
+    };
     match res {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => e.into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
     }
 }

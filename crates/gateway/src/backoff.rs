@@ -35,17 +35,28 @@ impl Backoff {
 
     /// The delay for attempt `n` with jitter in `[ceiling/2, ceiling]`.
     pub fn delay(&self, n: u32) -> Duration {
+        self.delay_with(n, &mut rand::rng())
+    }
+
+    /// [`Backoff::delay`] with the jitter drawn from `rng` (the engine core
+    /// uses a seeded one, so its tests are repeatable).
+    pub fn delay_with(&self, n: u32, rng: &mut impl Rng) -> Duration {
         let c = self.ceiling(n);
         let ms = c.as_millis() as u64;
         if ms < 2 {
             return c;
         }
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+        Duration::from_millis(rng.random_range(ms / 2..=ms))
     }
 
     /// The next delay of this sequence.
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.delay(self.attempt);
+        self.next_delay_with(&mut rand::rng())
+    }
+
+    /// [`Backoff::next_delay`] with the jitter drawn from `rng`.
+    pub fn next_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
+        let d = self.delay_with(self.attempt, rng);
         self.attempt = self.attempt.saturating_add(1);
         d
     }

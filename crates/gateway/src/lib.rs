@@ -1,20 +1,25 @@
-//! gimmm's gateway: the engine, the CCS connection pool (links), the BAL
-//! server, admin HTTP, metrics and configuration, wired by [`Gateway`].
+//! gimmm's gateway: the engine, the links to FCM, the BAL sessions, admin
+//! HTTP, metrics and configuration, wired by [`Gateway`].
 //!
 //! ```text
-//!  BALs ──NDJSON/TCP── bal_server ──Cmd──▶ engine ◀──LinkEvent── link 1..N ──XMPP/TLS── CCS
-//!                                             │ group commit
-//!                                           store (SQLite WAL)
+//!  BALs ──NDJSON/TCP── session ──Cmd──▶ engine ◀──LinkEvent── link 1..N ──XMPP/TLS── CCS
+//!                                       (core)  ──LinkCmd──▶
+//!                                          │ store::Store (batches ▸ in-order commit reports)
+//!                                        store (SQLite WAL)
 //! ```
-//! See DESIGN.md: links own sockets, BAL sessions own lines, one engine
-//! task owns message state, the store answers when data is on disk.
+//! See DESIGN.md §5: links own sockets and protocol details behind
+//! [`link::LinkFactory`]; BAL sessions own lines and their output queues
+//! ([`session`]); the engine's core owns message state without I/O
+//! ([`engine::core`]); the store answers when data is on disk
+//! ([`store::Store`]).
 
 pub mod admin;
 pub mod backoff;
-pub mod bal_server;
 pub mod config;
 pub mod engine;
 pub mod link;
+pub mod metrics;
+pub mod session;
 
 use config::Config;
 use std::net::SocketAddr;
@@ -71,11 +76,12 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<Gateway, GatewayError> {
         // Install the metrics recorder before anything records.
-        let _ = admin::prometheus();
+        let _ = metrics::prometheus();
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-        let (store, recovery) = store::Store::open(&cfg.store.path, commit_tx)?;
+        let (sqlite, recovery) = store::sqlite::SqliteStore::open(&cfg.store.path, commit_tx)?;
+        let store: store::SharedStore = Arc::new(sqlite);
         tracing::info!(
-            path = %cfg.store.path.display(),
+            store = %store.describe(),
             queued = recovery.queued,
             next_seq = recovery.next_seq,
             "store open"
@@ -110,24 +116,26 @@ impl Gateway {
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let retry = &cfg.retry;
-        let link = link::LinkParams {
-            host: cfg.fcm.host.clone(),
-            port: cfg.fcm.port,
-            connector,
-            username: format!("{}@{}", cfg.fcm.sender_id, cfg.fcm.auth_domain),
-            password: cfg.fcm.server_key.clone(),
-            domain: cfg.fcm.auth_domain.clone(),
-            keepalive: Duration::from_secs(cfg.fcm.keepalive_secs),
-            max_stanza_bytes: cfg.fcm.max_stanza_bytes,
-            connect_backoff: backoff::Backoff::new(
-                Duration::from_millis(retry.initial_ms),
-                Duration::from_millis(retry.max_ms),
-            ),
-            auth_backoff: backoff::Backoff::new(
-                Duration::from_millis(retry.max_ms.min(60_000).max(retry.initial_ms)),
-                Duration::from_millis(retry.max_ms),
-            ),
-        };
+        let factory: Arc<dyn link::LinkFactory> =
+            Arc::new(link::xmpp::XmppLinkFactory::new(link::xmpp::XmppParams {
+                host: cfg.fcm.host.clone(),
+                port: cfg.fcm.port,
+                connector,
+                username: format!("{}@{}", cfg.fcm.sender_id, cfg.fcm.auth_domain),
+                password: cfg.fcm.server_key.clone(),
+                domain: cfg.fcm.auth_domain.clone(),
+                keepalive: Duration::from_secs(cfg.fcm.keepalive_secs),
+                max_stanza_bytes: cfg.fcm.max_stanza_bytes,
+                window: cfg.fcm.max_pending_per_connection,
+                connect_backoff: backoff::Backoff::new(
+                    Duration::from_millis(retry.initial_ms),
+                    Duration::from_millis(retry.max_ms),
+                ),
+                auth_backoff: backoff::Backoff::new(
+                    Duration::from_millis(retry.max_ms.min(60_000).max(retry.initial_ms)),
+                    Duration::from_millis(retry.max_ms),
+                ),
+            }));
         let ecfg = engine::EngineConfig {
             sessions: cfg
                 .bal
@@ -136,28 +144,21 @@ impl Gateway {
                 .map(|s| s.session_id.clone())
                 .collect(),
             connections: cfg.fcm.connections,
-            max_pending: cfg.fcm.max_pending_per_connection,
             max_unacked: cfg.bal.max_unacked,
             retry: cfg.retry.clone(),
-            link,
             // Bounded memory with a backlog on disk: 20k messages (~10 MB) in
             // memory is 0.2 s of sending at full speed; paging in more only
             // raised the peak RSS of a 1M-message drain (~115 MiB at 50k).
             mem_messages: 20_000,
             mem_outbox: 10_000,
+            receipt_warning: None,
         };
-        if admin_listener.is_some() {
-            // The engine resolves its metric handles once, at construction:
-            // the recorder must exist by then.
-            let _ = admin::prometheus();
-        }
-        let (link_tx, link_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
         let tracker = TaskTracker::new();
-        let eng = engine::Engine::new(ecfg, store.clone(), &recovery, link_tx, shutdown.clone());
-        tracker.spawn(eng.run(cmd_rx, ctl_rx, link_rx, commit_rx));
-        tracker.spawn(bal_server::serve(
+        let eng = engine::Engine::new(ecfg, store.clone(), &recovery, factory, shutdown.clone());
+        tracker.spawn(eng.run(cmd_rx, ctl_rx, commit_rx));
+        tracker.spawn(session::serve(
             bal_listener,
             cfg.bal.clone(),
             cmd_tx,

@@ -44,9 +44,10 @@ fn fake_engine(snap: Snapshot) -> mpsc::Sender<Cmd> {
 
 /// A real store in `dir`, with `rows` queued downstream messages: row `i`
 /// (1-based) belongs to session `a` when odd, `b` when even.
-async fn store_with_rows(dir: &std::path::Path, rows: u64) -> store::Store {
+async fn store_with_rows(dir: &std::path::Path, rows: u64) -> store::SharedStore {
     let (ctx, mut crx) = mpsc::unbounded_channel();
-    let (st, _) = store::Store::open(&dir.join("admin.db"), ctx).unwrap();
+    let (st, _) = store::sqlite::SqliteStore::open(&dir.join("admin.db"), ctx).unwrap();
+    let st: store::SharedStore = Arc::new(st);
     let ops = (1..=rows)
         .map(|i| {
             store::Op::InsertDownstream(store::NewDownstream {
@@ -55,6 +56,7 @@ async fn store_with_rows(dir: &std::path::Path, rows: u64) -> store::Store {
                 message_id: format!("m-{i}"),
                 group_id: None,
                 body: format!(r#"{{"to":"tok","message_id":"m-{i}"}}"#),
+                accepted_at_ms: store::now_ms(),
                 expires_at_ms: store::now_ms() + 600_000,
                 receipt: false,
             })
@@ -197,6 +199,7 @@ fn snapshot_with(links: &[(u64, &'static str, usize)], auth_error: Option<&str>)
                 id: *id,
                 state,
                 pending: *pending,
+                capacity: 100,
             })
             .collect(),
         sessions: vec![
@@ -206,6 +209,7 @@ fn snapshot_with(links: &[(u64, &'static str, usize)], auth_error: Option<&str>)
                 queued: 3,
                 unacked: 4,
                 spilled: false,
+                downstream_in_memory: 2,
             },
             SessionInfo {
                 session_id: "odd\"session\\id".into(),
@@ -213,6 +217,7 @@ fn snapshot_with(links: &[(u64, &'static str, usize)], auth_error: Option<&str>)
                 queued: 0,
                 unacked: 0,
                 spilled: true,
+                downstream_in_memory: 0,
             },
         ],
         messages_in_memory: 17,

@@ -78,7 +78,8 @@ async fn downstream_accepted_acked_generated_id_and_duplicate() {
         recv(&mut c).await,
         ToBal::DownstreamAccepted {
             message_id: "m-1".into(),
-            duplicate: false
+            duplicate: false,
+            warning: None,
         }
     );
     let ack = recv(&mut c).await;
@@ -121,7 +122,8 @@ async fn downstream_accepted_acked_generated_id_and_duplicate() {
         recv(&mut c).await,
         ToBal::DownstreamAccepted {
             message_id: "m-1".into(),
-            duplicate: true
+            duplicate: true,
+            warning: None,
         }
     );
     c.send(&FromBal::Ping).await.unwrap();

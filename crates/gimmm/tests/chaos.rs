@@ -124,6 +124,7 @@ impl Record {
             ToBal::DownstreamAccepted {
                 message_id,
                 duplicate,
+                ..
             } => {
                 if *duplicate {
                     self.duplicate_answers += 1;

@@ -1,14 +1,26 @@
-//! A link: one CCS connection (SPEC §4). It owns the socket — direct TLS,
-//! XMPP negotiation, reading and writing stanzas, keepalive — and knows
-//! nothing about BALs or the store. The engine talks to it with
-//! [`LinkCmd`]s and hears [`LinkEvent`]s.
+//! The XMPP (CCS) link (SPEC §4): one CCS connection behind the
+//! [`super`] interface. It owns everything CCS: direct TLS and XMPP
+//! negotiation, reading and writing stanzas, whitespace keepalive, the
+//! window of `max_pending_per_connection` (announced as the link's
+//! capacity), matching acks and nacks to messages by CCS `message_id`,
+//! CONNECTION_DRAINING, and the acks of upstream messages and receipts.
 //!
 //! A link task lives for one connection: it connects (retrying with
 //! backoff; slowly after an authentication failure), reports `Ready`, runs
 //! until the connection ends, reports `Closed` and exits. The engine
 //! decides whether to open a replacement.
+//!
+//! CCS matches answers by `message_id` alone, so two messages with the same
+//! id (from different BAL sessions) must never be in flight on one
+//! connection: the second waits in the link until the first is answered.
 
+use super::{
+    CloseReason, Failure, FailureClass, LinkCmd, LinkEvent, LinkEvents, LinkFactory, LinkHandle,
+    LinkId, MsgId, Outcome, Outgoing, SendResult, UpstreamToken,
+};
 use crate::backoff::Backoff;
+use fcm::{ErrorCode, Inbound, RetryClass};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,12 +32,9 @@ use xmpp::negotiate::ClientParams;
 use xmpp::reader::Event;
 use xmpp::stream::XmppStream;
 
-/// Identifies a link for its whole life.
-pub type LinkId = u64;
-
-/// What a link needs to connect.
+/// What an XMPP link needs to connect.
 #[derive(Clone)]
-pub struct LinkParams {
+pub struct XmppParams {
     /// CCS host.
     pub host: String,
     /// CCS port.
@@ -42,83 +51,54 @@ pub struct LinkParams {
     pub keepalive: Duration,
     /// Largest stanza accepted.
     pub max_stanza_bytes: usize,
+    /// CCS's flow-control window (the link's capacity).
+    pub window: usize,
     /// Reconnect backoff after a failed connect.
     pub connect_backoff: Backoff,
     /// Backoff after an authentication failure (long).
     pub auth_backoff: Backoff,
 }
 
-/// Commands from the engine.
-#[derive(Debug)]
-pub enum LinkCmd {
-    /// Send these downstream messages (JSON bodies).
-    Send(Vec<Arc<str>>),
-    /// Ack an upstream message or receipt to FCM.
-    AckFcm {
-        /// The device token (upstream `from`).
-        to: String,
-        /// The upstream message id.
-        message_id: String,
-    },
-    /// Close the stream cleanly.
-    Close,
+/// Builds XMPP links.
+pub struct XmppLinkFactory {
+    params: XmppParams,
 }
 
-/// Events to the engine.
-#[derive(Debug)]
-pub enum LinkEvent {
-    /// The link is negotiating (again).
-    Connecting(LinkId),
-    /// Negotiation finished; the link takes messages.
-    Ready(LinkId),
-    /// Connecting failed; `auth` when FCM refused the credentials.
-    ConnectFailed {
-        /// Link.
-        link: LinkId,
-        /// Why (never contains the key).
-        error: String,
-        /// Authentication failure.
-        auth: bool,
-    },
-    /// A message from CCS.
-    Inbound {
-        /// Link it arrived on.
-        link: LinkId,
-        /// Parsed message.
-        msg: fcm::Inbound,
-        /// The JSON as received.
-        raw: String,
-    },
-    /// CONNECTION_DRAINING: send nothing more on this link.
-    Draining(LinkId),
-    /// The connection ended; the task exits.
-    Closed {
-        /// Link.
-        link: LinkId,
-        /// Why.
-        reason: String,
-    },
+impl XmppLinkFactory {
+    /// A factory for links with these parameters.
+    pub fn new(params: XmppParams) -> XmppLinkFactory {
+        XmppLinkFactory { params }
+    }
 }
 
-/// Starts a link task.
-pub fn spawn(
-    id: LinkId,
-    params: LinkParams,
-    initial_delay: Duration,
-    events: mpsc::UnboundedSender<LinkEvent>,
-    shutdown: CancellationToken,
-) -> mpsc::UnboundedSender<LinkCmd> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(id, params, initial_delay, rx, events, shutdown));
-    tx
+impl LinkFactory for XmppLinkFactory {
+    fn spawn(
+        &self,
+        id: LinkId,
+        delay: Duration,
+        events: LinkEvents,
+        shutdown: CancellationToken,
+    ) -> LinkHandle {
+        let (handle, rx) = LinkHandle::channel();
+        tokio::spawn(run(id, self.params.clone(), delay, rx, events, shutdown));
+        handle
+    }
+
+    fn kind(&self) -> &'static str {
+        "xmpp"
+    }
+
+    fn peer(&self) -> &'static str {
+        "CCS"
+    }
 }
 
 async fn run(
     id: LinkId,
-    mut p: LinkParams,
+    mut p: XmppParams,
     initial_delay: Duration,
     mut cmds: mpsc::UnboundedReceiver<LinkCmd>,
-    events: mpsc::UnboundedSender<LinkEvent>,
+    events: LinkEvents,
     shutdown: CancellationToken,
 ) {
     let mut delay = initial_delay;
@@ -127,13 +107,12 @@ async fn run(
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return closed(&events, id),
+                _ = shutdown.cancelled() => return closed(&events, id, CloseReason::Shutdown),
             }
         }
-        let _ = events.send(LinkEvent::Connecting(id));
         let attempt = tokio::select! {
             r = connect(&p) => r,
-            _ = shutdown.cancelled() => return closed(&events, id),
+            _ = shutdown.cancelled() => return closed(&events, id, CloseReason::Shutdown),
         };
         match attempt {
             Ok(s) => break s,
@@ -163,21 +142,27 @@ async fn run(
         }
     };
     tracing::debug!(link = id, "CCS link ready");
-    let _ = events.send(LinkEvent::Ready(id));
-    let reason = serve(id, &p, stream, &mut cmds, &events, &shutdown).await;
+    let _ = events.send(LinkEvent::Ready {
+        link: id,
+        capacity: p.window,
+    });
+    let mut conn = Conn {
+        id,
+        events: &events,
+        wire: HashMap::new(),
+        held: VecDeque::new(),
+    };
+    let reason = conn.serve(&p, stream, &mut cmds, &shutdown).await;
     tracing::debug!(link = id, %reason, "CCS link closed");
     let _ = events.send(LinkEvent::Closed { link: id, reason });
 }
 
-/// Reports a link that ends before it was ever ready (shutdown).
-fn closed(events: &mpsc::UnboundedSender<LinkEvent>, id: LinkId) {
-    let _ = events.send(LinkEvent::Closed {
-        link: id,
-        reason: "shutdown".into(),
-    });
+/// Reports a link that ends before it was ever ready.
+fn closed(events: &LinkEvents, id: LinkId, reason: CloseReason) {
+    let _ = events.send(LinkEvent::Closed { link: id, reason });
 }
 
-async fn connect(p: &LinkParams) -> Result<XmppStream<xmpp::connect::BoxStream>, xmpp::XmppError> {
+async fn connect(p: &XmppParams) -> Result<XmppStream<xmpp::connect::BoxStream>, xmpp::XmppError> {
     let io = tokio::time::timeout(
         Duration::from_secs(30),
         p.connector.connect(&p.host, p.port),
@@ -197,161 +182,345 @@ async fn connect(p: &LinkParams) -> Result<XmppStream<xmpp::connect::BoxStream>,
     Ok(s)
 }
 
-/// Runs a ready connection until it ends; returns why.
-async fn serve(
+/// One ready connection's state.
+struct Conn<'a> {
     id: LinkId,
-    p: &LinkParams,
-    stream: XmppStream<xmpp::connect::BoxStream>,
-    cmds: &mut mpsc::UnboundedReceiver<LinkCmd>,
-    events: &mpsc::UnboundedSender<LinkEvent>,
-    shutdown: &CancellationToken,
-) -> String {
-    let (io, mut reader) = stream.into_parts();
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let mut rbuf = vec![0u8; 64 * 1024];
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut last_read = Instant::now();
-    let mut last_write = Instant::now();
-    let mut tick = tokio::time::interval(
-        p.keepalive
-            .min(Duration::from_secs(5))
-            .max(Duration::from_millis(100)),
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closing = false;
+    events: &'a LinkEvents,
+    /// Messages written and not answered, by CCS message id.
+    wire: HashMap<Arc<str>, MsgId>,
+    /// Messages whose id is already on the wire: sent once it is answered.
+    held: VecDeque<Outgoing>,
+}
 
-    // Stanzas the reader already buffered during negotiation.
-    if let Err(reason) = drain_events(id, &mut reader, events) {
-        return reason;
-    }
-    loop {
-        tokio::select! {
-            cmd = cmds.recv(), if !closing => {
-                let Some(cmd) = cmd else {
-                    // The engine is gone: close cleanly.
-                    let _ = wr.write_all(xmpp::writer::STREAM_END.as_bytes()).await;
-                    let _ = wr.flush().await;
-                    return "engine stopped".into();
-                };
+/// How a stream ended on the reading side.
+enum ReadEnd {
+    /// `</stream:stream>` from CCS.
+    StreamEnd,
+    /// Anything else.
+    Failed(CloseReason),
+}
+
+impl Conn<'_> {
+    /// Runs the connection until it ends; returns why.
+    async fn serve(
+        &mut self,
+        p: &XmppParams,
+        stream: XmppStream<xmpp::connect::BoxStream>,
+        cmds: &mut mpsc::UnboundedReceiver<LinkCmd>,
+        shutdown: &CancellationToken,
+    ) -> CloseReason {
+        let (io, mut reader) = stream.into_parts();
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        let mut tick = tokio::time::interval(
+            p.keepalive
+                .min(Duration::from_secs(5))
+                .max(Duration::from_millis(100)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = false;
+
+        // Stanzas the reader already buffered during negotiation.
+        out.clear();
+        if let Err(end) = self.drain_events(&mut reader, &mut out) {
+            return self.end_reason(end, closing, &mut wr).await;
+        }
+        loop {
+            if !out.is_empty() {
+                // Held messages released by answers, written right away.
+                if let Err(e) = write_all(&mut wr, &out).await {
+                    return CloseReason::Io(format!("write failed: {e}"));
+                }
                 out.clear();
-                let mut close = encode(cmd, &mut out);
-                // Coalesce whatever else is queued into the same write.
-                while !close && out.len() < 256 * 1024 {
-                    match cmds.try_recv() {
-                        Ok(c) => close = encode(c, &mut out),
-                        Err(_) => break,
-                    }
-                }
-                if close {
-                    out.extend_from_slice(xmpp::writer::STREAM_END.as_bytes());
-                    closing = true;
-                }
-                if let Err(e) = async { wr.write_all(&out).await?; wr.flush().await }.await {
-                    return format!("write failed: {e}");
-                }
                 last_write = Instant::now();
             }
-            r = rd.read(&mut rbuf) => {
-                match r {
-                    Ok(0) => return if closing { "closed".into() } else { "connection closed by CCS".into() },
-                    Ok(n) => {
-                        last_read = Instant::now();
-                        reader.feed(&rbuf[..n]);
-                        if let Err(reason) = drain_events(id, &mut reader, events) {
-                            if reason == STREAM_END_REASON && !closing {
-                                // Answer the peer's stream end with ours.
-                                let _ = wr.write_all(xmpp::writer::STREAM_END.as_bytes()).await;
-                                let _ = wr.flush().await;
-                            }
-                            return reason;
+            tokio::select! {
+                cmd = cmds.recv(), if !closing => {
+                    let Some(cmd) = cmd else {
+                        // The engine is gone: close cleanly.
+                        let _ = write_all(&mut wr, xmpp::writer::STREAM_END.as_bytes()).await;
+                        return CloseReason::EngineGone;
+                    };
+                    let mut close = self.encode(cmd, &mut out);
+                    // Coalesce whatever else is queued into the same write.
+                    while !close && out.len() < 256 * 1024 {
+                        match cmds.try_recv() {
+                            Ok(c) => close = self.encode(c, &mut out),
+                            Err(_) => break,
                         }
                     }
-                    Err(e) => return format!("read failed: {e}"),
-                }
-            }
-            _ = tick.tick() => {
-                if last_read.elapsed() > p.keepalive * 3 {
-                    return format!("no data from CCS for {:?}", last_read.elapsed());
-                }
-                if !closing && last_write.elapsed() >= p.keepalive {
-                    if let Err(e) = async { wr.write_all(xmpp::writer::KEEPALIVE).await?; wr.flush().await }.await {
-                        return format!("keepalive failed: {e}");
+                    if close {
+                        out.extend_from_slice(xmpp::writer::STREAM_END.as_bytes());
+                        closing = true;
                     }
+                    if let Err(e) = write_all(&mut wr, &out).await {
+                        return CloseReason::Io(format!("write failed: {e}"));
+                    }
+                    out.clear();
                     last_write = Instant::now();
                 }
-            }
-            _ = shutdown.cancelled(), if !closing => {
-                let _ = wr.write_all(xmpp::writer::STREAM_END.as_bytes()).await;
-                let _ = wr.flush().await;
-                // Give CCS a moment to answer with its stream end.
-                let deadline = Instant::now() + Duration::from_secs(2);
-                loop {
-                    match tokio::time::timeout_at(deadline, rd.read(&mut rbuf)).await {
-                        Ok(Ok(n)) if n > 0 => {
+                r = rd.read(&mut rbuf) => {
+                    match r {
+                        Ok(0) => return if closing { CloseReason::Shutdown } else { CloseReason::PeerClosed },
+                        Ok(n) => {
+                            last_read = Instant::now();
                             reader.feed(&rbuf[..n]);
-                            if drain_events(id, &mut reader, events).is_err() { break; }
+                            if let Err(end) = self.drain_events(&mut reader, &mut out) {
+                                return self.end_reason(end, closing, &mut wr).await;
+                            }
                         }
-                        _ => break,
+                        Err(e) => return CloseReason::Io(format!("read failed: {e}")),
                     }
                 }
-                return "shutdown".into();
+                _ = tick.tick() => {
+                    if last_read.elapsed() > p.keepalive * 3 {
+                        return CloseReason::Silent { peer: "CCS", for_: last_read.elapsed() };
+                    }
+                    if !closing && last_write.elapsed() >= p.keepalive {
+                        if let Err(e) = write_all(&mut wr, xmpp::writer::KEEPALIVE).await {
+                            return CloseReason::Io(format!("keepalive failed: {e}"));
+                        }
+                        last_write = Instant::now();
+                    }
+                }
+                _ = shutdown.cancelled(), if !closing => {
+                    let _ = write_all(&mut wr, xmpp::writer::STREAM_END.as_bytes()).await;
+                    // Give CCS a moment to answer with its stream end.
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    loop {
+                        match tokio::time::timeout_at(deadline, rd.read(&mut rbuf)).await {
+                            Ok(Ok(n)) if n > 0 => {
+                                reader.feed(&rbuf[..n]);
+                                if self.drain_events(&mut reader, &mut out).is_err() { break; }
+                            }
+                            _ => break,
+                        }
+                    }
+                    return CloseReason::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Why the connection ends when the reader stops; answers CCS's stream
+    /// end with ours.
+    async fn end_reason(
+        &self,
+        end: ReadEnd,
+        closing: bool,
+        wr: &mut (impl AsyncWriteExt + Unpin),
+    ) -> CloseReason {
+        match end {
+            ReadEnd::StreamEnd => {
+                if !closing {
+                    let _ = write_all(wr, xmpp::writer::STREAM_END.as_bytes()).await;
+                    CloseReason::PeerClosed
+                } else {
+                    CloseReason::Shutdown
+                }
+            }
+            ReadEnd::Failed(r) => r,
+        }
+    }
+
+    /// Appends a command's stanzas to `out`; true for `Close`.
+    fn encode(&mut self, cmd: LinkCmd, out: &mut Vec<u8>) -> bool {
+        match cmd {
+            LinkCmd::Send(msgs) => {
+                for m in msgs {
+                    self.write_or_hold(m, out);
+                }
+                false
+            }
+            LinkCmd::AckUpstream(t) => {
+                xmpp::writer::append_gcm_message(
+                    out,
+                    None,
+                    &fcm::app_ack_json(&t.from, &t.message_id),
+                );
+                false
+            }
+            LinkCmd::Close => true,
+        }
+    }
+
+    fn write_or_hold(&mut self, m: Outgoing, out: &mut Vec<u8>) {
+        if self.wire.contains_key(&m.message_id) {
+            self.held.push_back(m);
+            return;
+        }
+        xmpp::writer::append_gcm_message(out, None, &m.body);
+        self.wire.insert(m.message_id, m.id);
+    }
+
+    /// The message answered under `message_id`, if it is ours; releases a
+    /// held message with the same id into `out`.
+    fn answered(&mut self, message_id: &str, out: &mut Vec<u8>) -> Option<MsgId> {
+        let id = self.wire.remove(message_id)?;
+        if let Some(pos) = self.held.iter().position(|m| &*m.message_id == message_id) {
+            if let Some(m) = self.held.remove(pos) {
+                self.write_or_hold(m, out);
+            }
+        }
+        Some(id)
+    }
+
+    fn outcome(&self, id: MsgId, result: SendResult) {
+        let _ = self.events.send(LinkEvent::Outcome {
+            link: self.id,
+            outcome: Outcome { id, result },
+        });
+    }
+
+    /// Hands every complete stanza to the engine; released held messages go
+    /// to `out`. `Err` when the stream ended.
+    fn drain_events(
+        &mut self,
+        reader: &mut xmpp::reader::StanzaReader,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ReadEnd> {
+        loop {
+            match reader.next_event() {
+                Ok(None) => return Ok(()),
+                Ok(Some(Event::Message(m))) => {
+                    let Some(raw) = m.gcm else { continue };
+                    match fcm::parse_inbound(&raw) {
+                        Ok(msg) => self.inbound(msg, raw, out),
+                        Err(e) => {
+                            tracing::warn!(link = self.id, error = %e, "ignoring unparseable message from CCS");
+                        }
+                    }
+                }
+                Ok(Some(Event::StreamEnd)) => return Err(ReadEnd::StreamEnd),
+                Ok(Some(Event::StreamError { condition, text })) => {
+                    return Err(ReadEnd::Failed(CloseReason::Protocol(format!(
+                        "stream error from CCS: {condition}{}",
+                        text.map(|t| format!(" ({t})")).unwrap_or_default()
+                    ))))
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    return Err(ReadEnd::Failed(CloseReason::Protocol(format!(
+                        "bad data from CCS: {e}"
+                    ))))
+                }
+            }
+        }
+    }
+
+    fn inbound(&mut self, msg: Inbound, raw: String, out: &mut Vec<u8>) {
+        match msg {
+            Inbound::Ack(a) => match self.answered(&a.message_id, out) {
+                Some(id) => self.outcome(id, SendResult::Delivered { raw }),
+                None => {
+                    tracing::debug!(link = self.id, message_id = %a.message_id, "ack for a message not in flight")
+                }
+            },
+            Inbound::Nack(n) => {
+                let Some(id) = self.answered(&n.message_id, out) else {
+                    tracing::debug!(link = self.id, message_id = %n.message_id, "nack for a message not in flight");
+                    return;
+                };
+                metrics::counter!(crate::metrics::NACKS, "code" => n.error.as_str().to_string())
+                    .increment(1);
+                self.outcome(
+                    id,
+                    SendResult::Failed(nack_failure(&n.error, n.error_description)),
+                );
+            }
+            Inbound::Upstream(u) => {
+                let token = UpstreamToken {
+                    from: u.from.clone(),
+                    message_id: u.message_id.clone(),
+                };
+                let _ = self.events.send(LinkEvent::Upstream {
+                    link: self.id,
+                    token,
+                    upstream: u,
+                    raw,
+                });
+            }
+            Inbound::Receipt(r) => {
+                let token = UpstreamToken {
+                    from: r.from.clone().unwrap_or_default(),
+                    message_id: r.message_id.clone(),
+                };
+                let _ = self.events.send(LinkEvent::Receipt {
+                    link: self.id,
+                    token,
+                    receipt: r,
+                    raw,
+                });
+            }
+            Inbound::Control(c) if c.is_connection_draining() => {
+                tracing::debug!(link = self.id, "CONNECTION_DRAINING");
+                let _ = self.events.send(LinkEvent::Draining { link: self.id });
+            }
+            Inbound::Control(c) => {
+                tracing::debug!(link = self.id, control = ?c.control_type, "control message");
             }
         }
     }
 }
 
-const STREAM_END_REASON: &str = "stream closed by CCS";
-
-/// Appends a command's stanza to `out`; true for `Close`.
-fn encode(cmd: LinkCmd, out: &mut Vec<u8>) -> bool {
-    match cmd {
-        LinkCmd::Send(bodies) => {
-            for b in bodies {
-                xmpp::writer::append_gcm_message(out, None, &b);
-            }
-            false
-        }
-        LinkCmd::AckFcm { to, message_id } => {
-            xmpp::writer::append_gcm_message(out, None, &fcm::app_ack_json(&to, &message_id));
-            false
-        }
-        LinkCmd::Close => true,
+/// What a CCS nack means for the message (SPEC §4's nack table).
+pub fn nack_failure(code: &ErrorCode, description: Option<String>) -> Failure {
+    let class = match code.retry_class() {
+        RetryClass::Final => FailureClass::Final,
+        RetryClass::Retry => FailureClass::Retry {
+            after: None,
+            target_backoff: false,
+        },
+        RetryClass::RetryAfterTargetBackoff => FailureClass::Retry {
+            after: None,
+            target_backoff: true,
+        },
+    };
+    Failure {
+        class,
+        code: code.as_str().to_string(),
+        detail: description.unwrap_or_default(),
+        http: None,
     }
 }
 
-/// Hands every complete stanza to the engine. `Err(reason)` when the stream ended.
-fn drain_events(
-    id: LinkId,
-    reader: &mut xmpp::reader::StanzaReader,
-    events: &mpsc::UnboundedSender<LinkEvent>,
-) -> Result<(), String> {
-    loop {
-        match reader.next_event() {
-            Ok(None) => return Ok(()),
-            Ok(Some(Event::Message(m))) => {
-                let Some(raw) = m.gcm else { continue };
-                match fcm::parse_inbound(&raw) {
-                    Ok(fcm::Inbound::Control(c)) if c.is_connection_draining() => {
-                        tracing::debug!(link = id, "CONNECTION_DRAINING");
-                        let _ = events.send(LinkEvent::Draining(id));
-                    }
-                    Ok(msg) => {
-                        let _ = events.send(LinkEvent::Inbound { link: id, msg, raw });
-                    }
-                    Err(e) => {
-                        tracing::warn!(link = id, error = %e, "ignoring unparseable message from CCS");
-                    }
-                }
+async fn write_all(wr: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nack_classes() {
+        let f = nack_failure(&ErrorCode::BadRegistration, Some("x".into()));
+        assert_eq!(f.class, FailureClass::Final);
+        assert_eq!(
+            (f.code.as_str(), f.detail.as_str()),
+            ("BAD_REGISTRATION", "x")
+        );
+        assert_eq!(
+            nack_failure(&ErrorCode::ServiceUnavailable, None).class,
+            FailureClass::Retry {
+                after: None,
+                target_backoff: false
             }
-            Ok(Some(Event::StreamEnd)) => return Err(STREAM_END_REASON.into()),
-            Ok(Some(Event::StreamError { condition, text })) => {
-                return Err(format!(
-                    "stream error from CCS: {condition}{}",
-                    text.map(|t| format!(" ({t})")).unwrap_or_default()
-                ))
+        );
+        assert_eq!(
+            nack_failure(&ErrorCode::DeviceMessageRateExceeded, None).class,
+            FailureClass::Retry {
+                after: None,
+                target_backoff: true
             }
-            Ok(Some(_)) => {}
-            Err(e) => return Err(format!("bad data from CCS: {e}")),
-        }
+        );
+        assert_eq!(
+            nack_failure(&ErrorCode::Unknown("NEW_CODE".into()), None).class,
+            FailureClass::Final
+        );
     }
 }

@@ -1,14 +1,18 @@
-//! The BAL listener (SPEC §3): one task per TCP connection owns the line
-//! codec and the LOGON handshake, validates DOWNSTREAMs (on its own task, so
-//! validation runs in parallel with the engine), and turns lines into
-//! [`Cmd`]s. A writer task per connection writes what the engine hands it,
-//! flushing when its queue is empty.
+//! BAL sessions (SPEC §3): the listener and one task per TCP connection,
+//! which owns the line codec and the LOGON handshake, validates DOWNSTREAMs
+//! (on its own task, so validation runs in parallel with the engine, see
+//! [`prepare`]) and turns lines into engine [`Cmd`]s. A writer task per
+//! connection writes what the engine hands it through the connection's
+//! output queue ([`out`], which also holds the backpressure policy),
+//! flushing when the queue is empty.
 
+pub mod out;
+pub mod prepare;
+
+use self::out::{out_channel, Out, OutRx, OutTx, BACKPRESSURE_LINES};
 use crate::config::{BalConfig, Secret};
-use crate::engine::{
-    line_of, out_channel, Cmd, ConnId, Incoming, Out, OutRx, OutTx, BACKPRESSURE_LINES,
-};
-use bal::proto::{BalError, FromBalRef, ToBal};
+use crate::engine::{Cmd, ConnId};
+use bal::proto::{line, BalError, FromBalRef};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -21,9 +25,6 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-/// Default TTL (seconds) when a message gives none: FCM's 4 weeks.
-const DEFAULT_TTL: u64 = fcm::MAX_TTL_SECS as u64;
-
 /// Shared by all connections.
 struct Shared {
     cfg: BalConfig,
@@ -31,8 +32,7 @@ struct Shared {
     sessions: HashMap<String, Arc<str>>,
     engine: mpsc::Sender<Cmd>,
     next_conn: AtomicU64,
-    id_prefix: String,
-    next_msg: AtomicU64,
+    ids: prepare::IdSource,
 }
 
 /// Accepts BAL connections until `shutdown`.
@@ -59,8 +59,7 @@ pub async fn serve(
         sessions,
         engine,
         next_conn: AtomicU64::new(1),
-        id_prefix: format!("gimmm-{:x}-", store::now_ms()),
-        next_msg: AtomicU64::new(1),
+        ids: prepare::IdSource::new(),
     });
     loop {
         let accepted = tokio::select! {
@@ -143,9 +142,9 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
             Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
                 send(
                     &out_tx,
-                    &ToBal::error(
+                    line::error(
                         BalError::LineTooLong,
-                        format!("line longer than {} bytes", shared.cfg.max_line_bytes),
+                        &format!("line longer than {} bytes", shared.cfg.max_line_bytes),
                     ),
                 );
                 break;
@@ -157,7 +156,7 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
             continue;
         }
         match FromBalRef::parse(line) {
-            Ok(FromBalRef::Ping) => send(&out_tx, &ToBal::Pong),
+            Ok(FromBalRef::Ping) => send(&out_tx, line::pong()),
             Ok(FromBalRef::Ack { sequence_id }) => {
                 if shared
                     .engine
@@ -173,8 +172,8 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
                 }
             }
             Ok(FromBalRef::Downstream { group_id, fcm_data }) => {
-                let inc = prepare(
-                    &shared,
+                let inc = prepare::downstream(
+                    &shared.ids,
                     &session,
                     conn,
                     group_id.map(|g| g.into_owned()),
@@ -191,9 +190,9 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
             }
             Ok(FromBalRef::Logon { .. }) => send(
                 &out_tx,
-                &ToBal::error(BalError::UnknownMessageType, "already logged on"),
+                line::error(BalError::UnknownMessageType, "already logged on"),
             ),
-            Err((code, desc)) => send(&out_tx, &ToBal::error(code, desc)),
+            Err((code, desc)) => send(&out_tx, line::error(code, &desc)),
         }
     }
     let _ = shared.engine.send(Cmd::Detach { session, conn }).await;
@@ -206,8 +205,8 @@ fn trim_cr(b: &Bytes) -> &[u8] {
     s.strip_suffix(b"\r").unwrap_or(s)
 }
 
-fn send(out: &OutTx, m: &ToBal) {
-    let _ = out.send(Out::Owned(line_of(m)));
+fn send(out: &OutTx, line: String) {
+    let _ = out.send(Out::Owned(line));
 }
 
 async fn logon(
@@ -229,13 +228,13 @@ async fn logon(
             tracing::debug!(conn, "BAL logon timeout");
             send(
                 out,
-                &ToBal::error(BalError::NotLoggedOn, "no LOGON within logon_timeout_secs"),
+                line::error(BalError::NotLoggedOn, "no LOGON within logon_timeout_secs"),
             );
             return None;
         }
         Ok(None) | Ok(Some(Err(AnyDelimiterCodecError::Io(_)))) => return None,
         Ok(Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded))) => {
-            send(out, &ToBal::error(BalError::LineTooLong, "line too long"));
+            send(out, line::error(BalError::LineTooLong, "line too long"));
             return None;
         }
         Ok(Some(Ok(l))) => l,
@@ -264,14 +263,10 @@ async fn logon(
                 }
                 _ => {
                     tracing::info!(conn, "BAL logon refused");
-                    metrics::counter!("gimmm_bal_logon_failures_total").increment(1);
+                    metrics::counter!(crate::metrics::BAL_LOGON_FAILURES).increment(1);
                     send(
                         out,
-                        &ToBal::LogonResponse {
-                            session_id,
-                            status: "FAILURE".into(),
-                            error_description: Some("unknown session or wrong token".into()),
-                        },
+                        line::logon_response(&session_id, Some("unknown session or wrong token")),
                     );
                     None
                 }
@@ -280,85 +275,14 @@ async fn logon(
         Ok(_) => {
             send(
                 out,
-                &ToBal::error(BalError::NotLoggedOn, "the first message must be LOGON"),
+                line::error(BalError::NotLoggedOn, "the first message must be LOGON"),
             );
             None
         }
         Err((code, desc)) => {
-            send(out, &ToBal::error(code, desc));
+            send(out, line::error(code, &desc));
             None
         }
-    }
-}
-
-/// Validates a DOWNSTREAM and prepares it for the engine. `raw` is the
-/// `fcm_data` JSON as the BAL sent it: when it has a `message_id` it is
-/// stored and sent as is (no re-serialization); otherwise gimmm generates an
-/// id and serializes the message with it.
-fn prepare(
-    shared: &Shared,
-    session: &Arc<str>,
-    conn: ConnId,
-    group_id: Option<String>,
-    raw: &str,
-) -> Incoming {
-    let mut fcm_data: serde_json::Value =
-        serde_json::from_str(raw).unwrap_or(serde_json::Value::Null);
-    let given = fcm_data
-        .get("message_id")
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    let (message_id, body) = match given {
-        Some(id) => (id, raw.to_string()),
-        None => {
-            let generated = format!(
-                "{}{}",
-                shared.id_prefix,
-                shared.next_msg.fetch_add(1, Ordering::Relaxed)
-            );
-            if let Some(obj) = fcm_data.as_object_mut() {
-                if !obj.contains_key("message_id") {
-                    obj.insert(
-                        "message_id".into(),
-                        serde_json::Value::String(generated.clone()),
-                    );
-                }
-            }
-            let body = serde_json::to_string(&fcm_data).unwrap_or_default();
-            (generated, body)
-        }
-    };
-    let now = store::now_ms();
-    match fcm::validate_downstream_owned(fcm_data) {
-        Ok(d) => {
-            let ttl = d.time_to_live.map(u64::from).unwrap_or(DEFAULT_TTL);
-            // TTL 0 means "now or never" at FCM; give it one second to leave gimmm.
-            let ttl_ms = (ttl * 1000).max(1000) as i64;
-            let receipt = d.delivery_receipt_requested.unwrap_or(false);
-            let target = d.to.or(d.condition).unwrap_or_default();
-            Incoming {
-                session: session.clone(),
-                conn,
-                group_id,
-                message_id,
-                body,
-                expires_at_ms: now + ttl_ms,
-                receipt,
-                target,
-                rejected: None,
-            }
-        }
-        Err(rej) => Incoming {
-            session: session.clone(),
-            conn,
-            group_id,
-            message_id,
-            body,
-            expires_at_ms: now,
-            receipt: false,
-            target: String::new(),
-            rejected: Some((rej.code, rej.description)),
-        },
     }
 }
 

@@ -1,0 +1,256 @@
+//! Inbound routing (SPEC §3.3 "Routing", §4 upstream acks): upstream
+//! messages go to the session named by their `category`, delivery receipts
+//! to the session that sent the original message; what no session takes is
+//! stored as unroutable. Each is acked to FCM only after it is stored.
+//!
+//! Deduplication: FCM resends what was not acked when a connection closes.
+//! Ids seen recently are recognised here without a write; older repeats
+//! are caught by the store ([`store::Op::Upstream`] delivers only an id it
+//! has not seen). Either way the repeat is acked again, after the original
+//! is durable (its ack is an effect of the same or a later batch).
+//!
+//! Receipt routing: messages acked recently that asked for a receipt are
+//! remembered in memory; for older ones the store is asked, off the engine
+//! task. While that lookup runs the receipt is parked, and a resend of it
+//! waits with it.
+
+use super::core::{Core, Output};
+use super::durability::{AckUpstream, Effect};
+use crate::link::{LinkId, MsgId, UpstreamToken};
+use crate::metrics as m;
+use bal::proto::line;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use store::{Op, ReadResult, ReceiptTarget};
+
+/// Upstream / receipt ids remembered to spot FCM's resends without a write.
+const UPSTREAM_RECENT: usize = 16_384;
+
+/// Acked messages remembered for receipt routing; beyond this the store
+/// answers (it keeps every message that asked for a receipt).
+const MAX_RECEIPT_MEMORY: usize = 100_000;
+
+/// A receipt waiting for the store to say where its original message came
+/// from.
+#[derive(Debug)]
+struct Parked {
+    link: LinkId,
+    token: UpstreamToken,
+    receipt: fcm::Receipt,
+    raw: String,
+    /// Resends of this receipt that arrived meanwhile: acked with it.
+    also_ack: Vec<(LinkId, UpstreamToken)>,
+}
+
+/// Where a routed receipt goes.
+struct Route {
+    session: Arc<str>,
+    id: MsgId,
+}
+
+/// Routing and dedupe state.
+#[derive(Debug, Default)]
+pub(crate) struct InboundState {
+    recent: HashSet<String>,
+    receipts: HashMap<String, (Arc<str>, MsgId)>,
+    parked: HashMap<u64, Parked>,
+    parked_ids: HashMap<String, u64>,
+    next_key: u64,
+    /// Upstream messages and receipts for no configured session so far.
+    pub(crate) unroutable: u64,
+}
+
+impl InboundState {
+    /// False when this id was seen recently (an FCM resend after a
+    /// reconnect: ack it again, write nothing).
+    fn first_time(&mut self, message_id: &str) -> bool {
+        if self.recent.contains(message_id) {
+            return false;
+        }
+        if self.recent.len() >= UPSTREAM_RECENT {
+            self.recent.clear();
+        }
+        self.recent.insert(message_id.to_string());
+        true
+    }
+
+    /// `message_id` (row `id` of `session`) was acked and asked for a
+    /// receipt.
+    pub(crate) fn expect_receipt(&mut self, message_id: String, session: Arc<str>, id: MsgId) {
+        if self.receipts.len() >= MAX_RECEIPT_MEMORY {
+            self.receipts.clear();
+        }
+        self.receipts.insert(message_id, (session, id));
+    }
+}
+
+impl Core {
+    fn ack_after_commit(&mut self, link: LinkId, token: UpstreamToken) {
+        self.dur
+            .effect(Effect::AckUpstream(AckUpstream { link, token }));
+    }
+
+    fn unroutable(&mut self, category: &str, raw: String) -> Op {
+        tracing::warn!(%category, "upstream message for an unknown category stored as unroutable");
+        metrics::counter!(m::UPSTREAM_UNROUTABLE).increment(1);
+        self.inbound.unroutable += 1;
+        Op::Unroutable {
+            category: category.to_string(),
+            body: raw,
+        }
+    }
+
+    pub(crate) fn on_upstream(
+        &mut self,
+        link: LinkId,
+        token: UpstreamToken,
+        upstream: fcm::Upstream,
+        raw: String,
+    ) {
+        self.meters.upstream.increment(1);
+        if !self.inbound.first_time(&upstream.message_id) {
+            self.ack_after_commit(link, token);
+            return;
+        }
+        let then = match self.sessions.key(&upstream.category) {
+            Some(session) => {
+                let seq = self.take_seq();
+                let l = line::upstream(seq, &session, &raw);
+                vec![self.outbox_op(session, seq, l)]
+            }
+            None => vec![self.unroutable(&upstream.category, raw)],
+        };
+        // Stored only if this id is new (the store decides: FCM resends
+        // what was not acked, also across our restarts).
+        self.dur.write(Op::Upstream {
+            message_id: upstream.message_id,
+            then,
+        });
+        self.ack_after_commit(link, token);
+    }
+
+    pub(crate) fn on_receipt(
+        &mut self,
+        link: LinkId,
+        token: UpstreamToken,
+        receipt: fcm::Receipt,
+        raw: String,
+    ) {
+        self.meters.receipts.increment(1);
+        if let Some(key) = self.inbound.parked_ids.get(&receipt.message_id) {
+            if let Some(p) = self.inbound.parked.get_mut(key) {
+                p.also_ack.push((link, token));
+                return;
+            }
+        }
+        if !self.inbound.first_time(&receipt.message_id) {
+            self.ack_after_commit(link, token);
+            return;
+        }
+        let orig = &receipt.data.original_message_id;
+        if let Some((session, id)) = self.inbound.receipts.remove(orig) {
+            self.route_receipt(
+                link,
+                token,
+                receipt,
+                raw,
+                Some(Route { session, id }),
+                Vec::new(),
+            );
+            return;
+        }
+        self.inbound.next_key += 1;
+        let key = self.inbound.next_key;
+        self.out.push(Output::LookupReceipt {
+            key,
+            message_id: orig.clone(),
+        });
+        self.inbound
+            .parked_ids
+            .insert(receipt.message_id.clone(), key);
+        self.inbound.parked.insert(
+            key,
+            Parked {
+                link,
+                token,
+                receipt,
+                raw,
+                also_ack: Vec::new(),
+            },
+        );
+    }
+
+    pub(crate) fn on_receipt_target(
+        &mut self,
+        key: u64,
+        target: ReadResult<Option<ReceiptTarget>>,
+        _now: super::Millis,
+    ) {
+        let Some(p) = self.inbound.parked.remove(&key) else {
+            return;
+        };
+        self.inbound.parked_ids.remove(&p.receipt.message_id);
+        let route = match target {
+            Ok(Some(t)) => Some(Route {
+                session: self
+                    .sessions
+                    .key(&t.session)
+                    .unwrap_or_else(|| Arc::from(t.session.as_str())),
+                id: t.id,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                // Routed by its category instead; nothing is lost.
+                tracing::warn!(error = %e, "cannot look up a receipt's message; routing it by category");
+                None
+            }
+        };
+        self.route_receipt(p.link, p.token, p.receipt, p.raw, route, p.also_ack);
+    }
+
+    fn route_receipt(
+        &mut self,
+        link: LinkId,
+        token: UpstreamToken,
+        receipt: fcm::Receipt,
+        raw: String,
+        route: Option<Route>,
+        also_ack: Vec<(LinkId, UpstreamToken)>,
+    ) {
+        let mut then = Vec::with_capacity(2);
+        let session = match route {
+            Some(r) => {
+                then.push(Op::ReceiptDone { id: r.id });
+                Some(r.session)
+            }
+            None => receipt
+                .category
+                .as_deref()
+                .and_then(|c| self.sessions.key(c)),
+        };
+        match session {
+            Some(session) => {
+                let seq = self.take_seq();
+                let l = line::downstream_receipt(
+                    seq,
+                    &session,
+                    &receipt.data.original_message_id,
+                    &raw,
+                );
+                then.push(self.outbox_op(session, seq, l));
+            }
+            None => {
+                let category = receipt.category.clone().unwrap_or_default();
+                then.push(self.unroutable(&category, raw));
+            }
+        }
+        self.dur.write(Op::Upstream {
+            message_id: receipt.message_id,
+            then,
+        });
+        self.ack_after_commit(link, token);
+        for (l, t) in also_ack {
+            self.ack_after_commit(l, t);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! DOWNSTREAM preparation (SPEC §3.2): validation with the seeds' rules,
+//! the message id (given or generated), the TTL in gimmm's queue. Runs on
+//! the BAL connection's task, so validation runs in parallel with the
+//! engine; the engine gets an [`Incoming`], accepted or rejected.
+
+use crate::engine::{ConnId, Incoming};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Default TTL (seconds) when a message gives none: FCM's 4 weeks.
+const DEFAULT_TTL: u64 = fcm::MAX_TTL_SECS as u64;
+
+/// Message ids for DOWNSTREAMs that bring none: unique per gimmm start.
+#[derive(Debug)]
+pub struct IdSource {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl IdSource {
+    /// Ids `gimmm-<start time in hex>-<n>`.
+    pub fn new() -> IdSource {
+        IdSource {
+            prefix: format!("gimmm-{:x}-", store::now_ms()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for IdSource {
+    fn default() -> Self {
+        IdSource::new()
+    }
+}
+
+/// Validates a DOWNSTREAM and prepares it for the engine. `raw` is the
+/// `fcm_data` JSON as the BAL sent it: when it has a `message_id` it is
+/// stored and sent as is (no re-serialization); otherwise gimmm generates an
+/// id and serializes the message with it.
+pub fn downstream(
+    ids: &IdSource,
+    session: &Arc<str>,
+    conn: ConnId,
+    group_id: Option<String>,
+    raw: &str,
+) -> Incoming {
+    let mut fcm_data: serde_json::Value =
+        serde_json::from_str(raw).unwrap_or(serde_json::Value::Null);
+    let given = fcm_data
+        .get("message_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let (message_id, body) = match given {
+        Some(id) => (id, raw.to_string()),
+        None => {
+            let generated = ids.next();
+            if let Some(obj) = fcm_data.as_object_mut() {
+                if !obj.contains_key("message_id") {
+                    obj.insert(
+                        "message_id".into(),
+                        serde_json::Value::String(generated.clone()),
+                    );
+                }
+            }
+            let body = serde_json::to_string(&fcm_data).unwrap_or_default();
+            (generated, body)
+        }
+    };
+    match fcm::validate_downstream_owned(fcm_data) {
+        Ok(d) => {
+            let ttl = d.time_to_live.map(u64::from).unwrap_or(DEFAULT_TTL);
+            // TTL 0 means "now or never" at FCM; give it one second to leave gimmm.
+            let ttl_ms = (ttl * 1000).max(1000) as i64;
+            let receipt = d.delivery_receipt_requested.unwrap_or(false);
+            let target = d.to.or(d.condition).unwrap_or_default();
+            Incoming {
+                session: session.clone(),
+                conn,
+                group_id,
+                message_id,
+                body,
+                ttl_ms,
+                receipt,
+                target,
+                rejected: None,
+            }
+        }
+        Err(rej) => Incoming {
+            session: session.clone(),
+            conn,
+            group_id,
+            message_id,
+            body,
+            ttl_ms: 0,
+            receipt: false,
+            target: String::new(),
+            rejected: Some((rej.code, rej.description)),
+        },
+    }
+}
