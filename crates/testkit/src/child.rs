@@ -358,6 +358,15 @@ impl ChildGateway {
         }
     }
 
+    /// Waits for the child to exit on its own (no signal is sent): to
+    /// notice, next to other waits, a gateway that dies.
+    pub async fn wait(&mut self) -> Result<ExitStatus, ChildError> {
+        match &mut self.child {
+            Some(c) => c.wait().await.map_err(io("waiting for gimmm serve")),
+            None => Err(ChildError::NotRunning),
+        }
+    }
+
     /// SIGKILL; waits for the exit and returns its status.
     pub async fn kill(&mut self) -> Result<ExitStatus, ChildError> {
         let mut child = self.child.take().ok_or(ChildError::NotRunning)?;

@@ -80,14 +80,17 @@ pub fn to_toml(cfg: &Config) -> Result<String, ConfigError> {
     Ok(toml::to_string(cfg)?)
 }
 
-/// Validates `cfg` and writes it as TOML to `path`.
+/// Writes `cfg` as TOML to `path`, then loads the file the way `gimmm
+/// serve` will (`server_key_file` read, validated; no environment), so a
+/// bad config fails here, naming the key, rather than in a child.
 pub fn write_config(cfg: &Config, path: &Path) -> Result<(), ConfigError> {
-    cfg.validate()?;
     let text = to_toml(cfg)?;
     std::fs::write(path, text).map_err(|source| ConfigError::Write {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    Config::load_with_env(Some(path), &[])?;
+    Ok(())
 }
 
 /// Starts `cfg` as a gateway in this process, trusting `emu`'s CA.
@@ -136,11 +139,10 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_config_is_not_written() {
+    fn an_invalid_config_is_refused_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         let e = write_config(&Config::default(), &p).unwrap_err();
         assert!(e.to_string().contains("bal.sessions"), "{e}");
-        assert!(!p.exists());
     }
 }

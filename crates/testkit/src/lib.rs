@@ -14,6 +14,7 @@
 //!   recording everything in a [`Ledger`] that checks the SPEC §3.3
 //!   promise: exactly one final result per accepted message.
 //! * [`http`]: one HTTP/1.1 GET for the admin endpoints (SPEC §6).
+//! * [`net`]: a loopback port that refuses connections (an unreachable FCM).
 //! * [`relay`]: a TCP relay with a fixed address in front of a gateway whose
 //!   address changes, for clients that cannot be told the new one.
 //!
@@ -24,6 +25,7 @@ pub mod child;
 pub mod config;
 pub mod http;
 pub mod ledger;
+pub mod net;
 pub mod probe;
 pub mod relay;
 
@@ -31,5 +33,6 @@ pub use child::{ChildError, ChildGateway, ChildOpts, Ports};
 pub use config::{emulator_config, in_process, write_config};
 pub use http::{http_get, HttpError};
 pub use ledger::{Final, FinalsError, Ledger};
+pub use net::ClosedPort;
 pub use probe::{recv, recv_until, AckPolicy, BalProbe, LedgerWatch, ProbeError};
 pub use relay::Relay;
