@@ -90,7 +90,8 @@ fn big(id: &str) -> serde_json::Value {
 }
 
 /// Sends one DOWNSTREAM on a plain client; its direct answer (ACCEPTED or
-/// ERROR), ACKing sequenced messages on the way; `None` after `within`.
+/// ERROR), ACKing sequenced messages on the way; `None` when nothing
+/// arrives for `within`.
 async fn send_raw(c: &mut BalClient, data: serde_json::Value, within: Duration) -> Option<ToBal> {
     c.downstream(None, data).await.unwrap();
     recv_until(c, within, |m| {

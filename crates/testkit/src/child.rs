@@ -37,8 +37,9 @@ pub struct Ports {
     pub admin: Option<SocketAddr>,
 }
 
-/// How to run the child.
-#[derive(Debug, Clone)]
+/// How to run the child. Its `Debug` shows environment variable names only
+/// (their values may be secrets, e.g. `GIMMM_ADMIN__TOKEN`).
+#[derive(Clone)]
 pub struct ChildOpts {
     /// The `gimmm` binary: `env!("CARGO_BIN_EXE_gimmm")` in gimmm's tests.
     pub exe: PathBuf,
@@ -57,6 +58,21 @@ pub struct ChildOpts {
     pub ready_timeout: Duration,
     /// How long SIGKILL / SIGTERM may take to end it (default 30 s).
     pub stop_timeout: Duration,
+}
+
+impl std::fmt::Debug for ChildOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildOpts")
+            .field("exe", &self.exe)
+            .field("dir", &self.dir)
+            .field("rust_log", &self.rust_log)
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("env_remove", &self.env_remove)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("stop_timeout", &self.stop_timeout)
+            .finish()
+    }
 }
 
 impl ChildOpts {
@@ -418,5 +434,20 @@ impl ChildGateway {
             }
         }
         self.start().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_environment_values() {
+        let o = ChildOpts::new("/bin/gimmm").env("GIMMM_ADMIN__TOKEN", "s3cret-value");
+        let d = format!("{o:?}");
+        assert!(
+            d.contains("GIMMM_ADMIN__TOKEN") && !d.contains("s3cret-value"),
+            "{d}"
+        );
     }
 }

@@ -126,19 +126,24 @@ impl LedgerWatch {
         pred: impl FnMut(&Ledger) -> bool,
     ) -> Result<(), ProbeError> {
         let mut rx = self.rx.clone();
-        // (The probe gone is a timeout too: the ledger cannot change any more.)
-        let held = matches!(
-            tokio::time::timeout(timeout, rx.wait_for(pred)).await,
-            Ok(Ok(_))
-        );
-        if held {
-            return Ok(());
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, rx.wait_for(pred))
+            .await
+            .map(|r| r.is_ok());
+        match outcome {
+            Ok(true) => Ok(()),
+            // The probe is gone: nothing more will be recorded.
+            Ok(false) => Err(ProbeError::TimedOut {
+                what: format!("{what} (the probe is gone)"),
+                waited: started.elapsed(),
+                summary: self.with(Ledger::summary),
+            }),
+            Err(_) => Err(ProbeError::TimedOut {
+                what: what.to_string(),
+                waited: timeout,
+                summary: self.with(Ledger::summary),
+            }),
         }
-        Err(ProbeError::TimedOut {
-            what: what.to_string(),
-            waited: timeout,
-            summary: self.with(Ledger::summary),
-        })
     }
 }
 
