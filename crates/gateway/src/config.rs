@@ -32,7 +32,12 @@ impl std::fmt::Debug for Secret {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+///
+/// It is `Serialize` so that test support and tools can write a config file
+/// from a typed value. **Serializing exposes every secret** (server key, BAL
+/// and admin tokens) in clear text: only test support and tools that write a
+/// config file should do it, and the result must never be logged.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// FCM (CCS) connection.
@@ -48,7 +53,7 @@ pub struct Config {
 }
 
 /// `[fcm]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FcmConfig {
     /// CCS host.
@@ -103,7 +108,7 @@ impl FcmConfig {
 }
 
 /// `[retry]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// First retry delay.
@@ -125,7 +130,7 @@ impl Default for RetryConfig {
 }
 
 /// `[bal]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalConfig {
     /// Listen address.
@@ -156,7 +161,7 @@ impl Default for BalConfig {
 }
 
 /// `[[bal.sessions]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// Session id = FCM category.
@@ -166,7 +171,7 @@ pub struct SessionConfig {
 }
 
 /// `[store]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// SQLite file.
@@ -182,7 +187,7 @@ impl Default for StoreConfig {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Listen address; empty disables the admin server.

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
@@ -85,50 +84,6 @@ async fn oneshot(app: &axum::Router, uri: &str, token: Option<&str>) -> (StatusC
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(body.to_vec()).unwrap())
-}
-
-/// A minimal HTTP/1.1 GET over a real socket (`Connection: close`).
-async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n").unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
 }
 
 /// Polls `path` until `pred(status, body)` holds.
@@ -545,12 +500,8 @@ async fn real_listener_health_ready_token_and_api() {
 #[tokio::test]
 async fn real_listener_not_ready_while_ccs_is_unreachable() {
     // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env = start(Faults::default(), |c| c.fcm.port = closed).await;
+    let closed = testkit::ClosedPort::new().unwrap();
+    let env = start(Faults::default(), |c| c.fcm.port = closed.port()).await;
     let addr = env.gw().admin_addr.unwrap();
     // Wait until at least one connect attempt has failed, then check.
     wait_http(addr, "/api/v1/connections", "a link", |st, b| {

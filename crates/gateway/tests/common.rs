@@ -121,22 +121,30 @@ impl Env {
 
 /// Receives the next message, failing after [`WAIT`].
 pub async fn recv(c: &mut BalClient) -> ToBal {
-    tokio::time::timeout(WAIT, c.recv())
-        .await
-        .expect("timed out waiting for a message from gimmm")
-        .expect("connection to gimmm failed")
+    match testkit::recv(c, WAIT).await {
+        Ok(m) => m,
+        Err(e) => panic!("no message from gimmm: {e}"),
+    }
 }
 
-/// Receives until `pred` matches, ACKing sequenced messages on the way.
+/// Receives until `pred` matches, ACKing sequenced messages on the way
+/// (each message within [`WAIT`]).
 pub async fn recv_until(c: &mut BalClient, pred: impl Fn(&ToBal) -> bool) -> ToBal {
-    loop {
-        let m = recv(c).await;
-        if let Some(seq) = m.sequence_id() {
-            c.ack(seq).await.unwrap();
-        }
-        if pred(&m) {
-            return m;
-        }
+    match testkit::recv_until(c, WAIT, pred).await {
+        Ok(m) => m,
+        Err(e) => panic!("no matching message from gimmm: {e}"),
+    }
+}
+
+/// `GET path` from the admin listener at `addr`: (status, decoded body).
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    match testkit::http_get(addr, path, token).await {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
     }
 }
 

@@ -231,12 +231,8 @@ async fn retryable_nacks_back_off_then_max_retries() {
 #[tokio::test]
 async fn ttl_runs_out_in_the_queue() {
     // FCM unreachable: a port nobody listens on.
-    let env = start(Faults::default(), |c| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        c.fcm.port = l.local_addr().unwrap().port();
-        drop(l);
-    })
-    .await;
+    let closed = testkit::ClosedPort::new().unwrap();
+    let env = start(Faults::default(), |c| c.fcm.port = closed.port()).await;
     let mut c = env.bal().await;
     c.downstream(
         None,
@@ -323,7 +319,8 @@ async fn upstream_routed_held_offline_deduplicated_and_unroutable_kept() {
     }
     // The unroutable one is visible in the admin API.
     let admin = env.gw().admin_addr.unwrap();
-    let body = http_get(admin, "/api/v1/messages?state=unroutable").await;
+    let (st, body) = http_get(admin, "/api/v1/messages?state=unroutable", None).await;
+    assert_eq!(st, 200, "{body}");
     assert!(body.contains(&unroutable), "{body}");
 
     // Later upstream messages flow straight to the logged-on BAL.
@@ -342,20 +339,6 @@ async fn upstream_routed_held_offline_deduplicated_and_unroutable_kept() {
     c.send(&FromBal::Ping).await.unwrap();
     assert_eq!(recv(&mut c).await, ToBal::Pong);
     env.stop().await;
-}
-
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out
 }
 
 #[tokio::test]

@@ -59,6 +59,12 @@ struct ServeArgs {
     /// Config file (TOML, see examples/gimmm.toml). Without it: embedded defaults.
     #[arg(long, short, env = "GIMMM_CONFIG")]
     config: Option<PathBuf>,
+    /// Once the listeners are bound, write their addresses to this file as
+    /// `{"bal":"IP:PORT","admin":"IP:PORT"}` (admin `null` when disabled),
+    /// atomically (a temporary file renamed into place): how a supervisor or
+    /// a test learns the ports of `listen = "127.0.0.1:0"`.
+    #[arg(long, value_name = "PATH")]
+    ports_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -273,6 +279,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
         Arc::new(c)
     };
     let gw = gateway::Gateway::start_with_connector(cfg, connector, shutdown.clone()).await?;
+    if let Some(path) = &a.ports_file {
+        if let Err(e) = write_ports_file(path, gw.bal_addr, gw.admin_addr) {
+            gw.stop().await;
+            return Err(e);
+        }
+    }
     println!("gimmm serving BALs on {}", gw.bal_addr);
     if let Some(a) = gw.admin_addr {
         println!("admin http on http://{a} (/healthz /readyz /metrics /api/v1/...)");
@@ -284,6 +296,27 @@ async fn serve(a: ServeArgs) -> Result<()> {
         e.shutdown().await;
     }
     tracing::info!("bye");
+    Ok(())
+}
+
+/// Writes `{"bal":..,"admin":..}` next to `path` and renames it into place,
+/// so a reader polling for `path` never sees a partial file.
+fn write_ports_file(
+    path: &std::path::Path,
+    bal: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> Result<()> {
+    let body = serde_json::json!({
+        "bal": bal.to_string(),
+        "admin": admin.map(|a| a.to_string()),
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{body}\n"))
+        .with_context(|| format!("writing the ports file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 

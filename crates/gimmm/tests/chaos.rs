@@ -23,18 +23,17 @@
 //! replays a seed (the decisions, not the timing). The seed is printed.
 #![allow(clippy::unwrap_used)]
 
-use bal::proto::FromBal;
-use bal::{BalClient, ToBal};
 use emulator::{Emulator, EmulatorConfig, ErrorCode, Faults};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, watch};
+use testkit::{
+    emulator_config, AckPolicy, BalProbe, ChildGateway, ChildOpts, Final, Ledger, LedgerWatch,
+    Ports,
+};
+use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant};
 
 const SESSIONS: [(&str, &str); 2] = [
@@ -42,170 +41,24 @@ const SESSIONS: [(&str, &str); 2] = [
     ("com.example.other", "chaos-token-2"),
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, emu: &Emulator, bal_port: u16) -> PathBuf {
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, emu.ca_pem()).unwrap();
-    let mut cfg = format!(
-        "[fcm]\nhost = \"127.0.0.1\"\nport = {}\nsender_id = \"{}\"\nserver_key = \"{}\"\nca_file = \"{}\"\nconnections = 2\n\n\
-         [retry]\ninitial_ms = 20\nmax_ms = 400\nmax_attempts = 10\n\n\
-         [bal]\nlisten = \"127.0.0.1:{bal_port}\"\n\n[store]\npath = \"{}\"\n\n[admin]\nlisten = \"\"\n",
-        emu.addr().port(),
-        emu.sender_id(),
-        emu.server_key(),
-        ca.display(),
-        dir.join("gimmm.db").display()
-    );
-    for (s, t) in SESSIONS {
-        cfg.push_str(&format!(
-            "\n[[bal.sessions]]\nsession_id = \"{s}\"\ntoken = \"{t}\"\n"
-        ));
-    }
-    let p = dir.join("gimmm.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
-
-fn spawn_gimmm(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_gimmm"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-/// Everything one BAL session saw.
+/// What one BAL session sent (what it received is in its probe's ledger).
+/// Never locked while the ledger is borrowed, or the other way round.
 #[derive(Default)]
-struct Record {
-    /// Valid messages sent, in order, with their JSON and group.
+struct Sent {
+    /// Valid messages sent, with their JSON and group.
     valid: BTreeMap<String, (Option<String>, serde_json::Value)>,
     /// Invalid messages sent (rejected by validation, never resent).
     invalid: HashSet<String>,
-    /// Valid messages answered ACCEPTED.
-    accepted: HashSet<String>,
     /// Receipt requested (valid messages).
     receipt_requested: HashSet<String>,
-    /// message_id -> distinct sequence ids of final results.
-    finals: HashMap<String, HashSet<u64>>,
-    /// message_id -> the final's kind ("ACK" or the reject code).
-    final_kind: HashMap<String, String>,
-    /// upstream message_id -> distinct sequence ids.
-    upstream: HashMap<String, HashSet<u64>>,
-    /// original message_id -> distinct sequence ids of receipts.
-    receipts: HashMap<String, HashSet<u64>>,
-    /// sequence_id -> the line's identity, to check a redelivery is the same.
-    by_seq: HashMap<u64, String>,
-    duplicate_answers: u64,
-    redeliveries: u64,
-    errors: Vec<String>,
-    reconnects: u64,
 }
 
-impl Record {
-    fn note(&mut self, m: &ToBal) {
-        match m {
-            ToBal::DownstreamAccepted {
-                message_id,
-                duplicate,
-                ..
-            } => {
-                if *duplicate {
-                    self.duplicate_answers += 1;
-                }
-                if self.valid.contains_key(message_id) {
-                    self.accepted.insert(message_id.clone());
-                } else {
-                    self.errors.push(format!(
-                        "ACCEPTED for an invalid or unknown message {message_id}"
-                    ));
-                }
-            }
-            ToBal::Error {
-                error,
-                error_description,
-            } => {
-                self.errors
-                    .push(format!("ERROR {error}: {error_description}"));
-            }
-            _ => {}
-        }
-        let Some(seq) = m.sequence_id() else { return };
-        let identity = match m {
-            ToBal::DownstreamAck { message_id, .. } => format!("ACK {message_id}"),
-            ToBal::DownstreamReject {
-                message_id, error, ..
-            } => format!("REJECT {message_id} {error}"),
-            ToBal::DownstreamReceipt { message_id, .. } => format!("RECEIPT {message_id}"),
-            ToBal::Upstream { fcm_data, .. } => format!("UPSTREAM {}", fcm_data["message_id"]),
-            other => format!("{other:?}"),
-        };
-        match self.by_seq.get(&seq) {
-            Some(prev) if *prev != identity => {
-                self.errors.push(format!(
-                    "sequence_id {seq} carried {prev} and then {identity}"
-                ));
-            }
-            Some(_) => self.redeliveries += 1,
-            None => {
-                self.by_seq.insert(seq, identity);
-            }
-        }
-        match m {
-            ToBal::DownstreamAck { message_id, .. } => {
-                self.finals
-                    .entry(message_id.clone())
-                    .or_default()
-                    .insert(seq);
-                self.final_kind.insert(message_id.clone(), "ACK".into());
-            }
-            ToBal::DownstreamReject {
-                message_id, error, ..
-            } => {
-                self.finals
-                    .entry(message_id.clone())
-                    .or_default()
-                    .insert(seq);
-                self.final_kind.insert(message_id.clone(), error.clone());
-            }
-            ToBal::DownstreamReceipt { message_id, .. } => {
-                self.receipts
-                    .entry(message_id.clone())
-                    .or_default()
-                    .insert(seq);
-            }
-            ToBal::Upstream { fcm_data, .. } => {
-                let id = fcm_data["message_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                self.upstream.entry(id).or_default().insert(seq);
-            }
-            _ => {}
-        }
-    }
-
+impl Sent {
     /// Valid messages sent but not (yet) seen ACCEPTED.
-    fn unanswered(&self) -> Vec<String> {
+    fn unanswered(&self, accepted: &std::collections::BTreeSet<String>) -> Vec<String> {
         self.valid
             .keys()
-            .filter(|id| !self.accepted.contains(*id))
+            .filter(|id| !accepted.contains(*id))
             .cloned()
             .collect()
     }
@@ -218,120 +71,98 @@ enum Phase {
     Stop,
 }
 
-/// A BAL session: sends, receives, ACKs (mostly), disconnects at random.
+/// A BAL session: sends, receives, ACKs (mostly), disconnects at random,
+/// and finds gimmm again after every restart. Returns its connects.
 async fn bal_driver(
     idx: usize,
-    addr: SocketAddr,
+    mut ports: watch::Receiver<Option<Ports>>,
     seed: u64,
-    rec: Arc<Mutex<Record>>,
+    mut probe: BalProbe,
+    sent: Arc<Mutex<Sent>>,
     mut phase: watch::Receiver<Phase>,
-) {
-    let (session, token) = SESSIONS[idx];
+) -> u64 {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut next = 0u64;
+    // Leave a few unACKed during the chaos: they come back after a reconnect.
+    let ack_rng = Mutex::new(StdRng::seed_from_u64(seed ^ 0xac4));
+    let ack_phase = phase.clone();
+    probe.set_ack(AckPolicy::Decide(Arc::new(move |_| {
+        *ack_phase.borrow() != Phase::Chaos || ack_rng.lock().unwrap().random_bool(0.97)
+    })));
+    let ledger = probe.ledger();
+    let accepted = || ledger.with(|l| l.accepted.clone());
     'outer: loop {
         if *phase.borrow() == Phase::Stop {
-            return;
+            return probe.connects();
         }
-        let client = loop {
-            match BalClient::connect_logon(addr, session, token).await {
-                Ok(c) => break c,
-                Err(_) => {
-                    if *phase.borrow() == Phase::Stop {
-                        return;
-                    }
-                    sleep(Duration::from_millis(30)).await;
-                }
-            }
-        };
-        rec.lock().unwrap().reconnects += 1;
-        let (mut rd, mut wr) = client.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<ToBal>();
-        let reader = tokio::spawn(async move {
-            while let Ok(m) = rd.recv().await {
-                if tx.send(m).is_err() {
-                    break;
-                }
-            }
-        });
+        if probe
+            .follow(&mut ports, Duration::from_millis(500))
+            .await
+            .is_err()
+        {
+            continue;
+        }
         // Resend what was sent but not seen ACCEPTED (idempotent by message id).
-        let resend: Vec<(String, Option<String>, serde_json::Value)> = {
-            let r = rec.lock().unwrap();
-            r.unanswered()
+        let acc = accepted();
+        let resend: Vec<(Option<String>, serde_json::Value)> = {
+            let s = sent.lock().unwrap();
+            s.unanswered(&acc)
                 .into_iter()
-                .map(|id| {
-                    let (g, v) = r.valid[&id].clone();
-                    (id, g, v)
-                })
+                .map(|id| s.valid[&id].clone())
                 .collect()
         };
-        for (_, group_id, fcm_data) in resend {
-            if wr
-                .send(&FromBal::Downstream { group_id, fcm_data })
-                .await
-                .is_err()
-            {
-                reader.abort();
+        for (group_id, fcm_data) in resend {
+            if probe.downstream(group_id, fcm_data).is_err() {
                 continue 'outer;
             }
         }
-        let _ = wr.flush().await;
         let life = Duration::from_millis(rng.random_range(500..4000));
         let hang_up = Instant::now() + life;
+        let closed = probe.closed();
+        tokio::pin!(closed);
         let mut tick = tokio::time::interval(Duration::from_millis(4));
         loop {
             let p = *phase.borrow();
             if p == Phase::Stop {
-                reader.abort();
-                return;
+                probe.disconnect();
+                return probe.connects();
             }
             tokio::select! {
-                m = rx.recv() => {
-                    let Some(m) = m else { break };
-                    rec.lock().unwrap().note(&m);
-                    if let Some(seq) = m.sequence_id() {
-                        // Leave a few unACKed: they come back after a reconnect.
-                        if p != Phase::Chaos || rng.random_bool(0.97) {
-                            if wr.send(&FromBal::Ack { sequence_id: seq }).await.is_err() { break; }
-                            if rx.is_empty() && wr.flush().await.is_err() { break; }
-                        }
-                    }
-                }
+                _ = &mut closed => break,
                 _ = tick.tick(), if p == Phase::Chaos => {
-                    let pending = {
-                        let r = rec.lock().unwrap();
-                        r.valid.len() - r.accepted.len()
-                    };
+                    let acc = accepted();
+                    let pending = sent.lock().unwrap().valid.len().saturating_sub(acc.len());
                     if pending > 300 {
                         continue;
                     }
-                    let (group_id, fcm_data, valid, receipt) = message(idx, next, &mut rng, &rec);
+                    let old = acc.iter().next().cloned();
+                    let (group_id, fcm_data, valid, receipt) = message(idx, next, &mut rng, old.as_deref(), &sent);
                     next += 1;
                     let id = fcm_data["message_id"].as_str().unwrap().to_string();
                     {
-                        let mut r = rec.lock().unwrap();
+                        let mut s = sent.lock().unwrap();
                         if valid {
-                            r.valid.entry(id.clone()).or_insert((group_id.clone(), fcm_data.clone()));
+                            s.valid.entry(id.clone()).or_insert((group_id.clone(), fcm_data.clone()));
                             if receipt {
-                                r.receipt_requested.insert(id);
+                                s.receipt_requested.insert(id);
                             }
                         } else {
-                            r.invalid.insert(id);
+                            s.invalid.insert(id);
                         }
                     }
-                    if wr.send(&FromBal::Downstream { group_id, fcm_data }).await.is_err() { break; }
-                    if wr.flush().await.is_err() { break; }
+                    if probe.downstream(group_id, fcm_data).is_err() { break; }
                 }
                 _ = sleep(Duration::from_millis(50)), if p != Phase::Chaos => {
                     // Settling: keep resending what was never answered.
-                    let resend = rec.lock().unwrap().unanswered();
-                    if !resend.is_empty() && rng.random_bool(0.05) { break; }
+                    let acc = accepted();
+                    let unanswered = !sent.lock().unwrap().unanswered(&acc).is_empty();
+                    if unanswered && rng.random_bool(0.05) { break; }
                 }
                 _ = sleep(hang_up.saturating_duration_since(Instant::now())), if p == Phase::Chaos => break,
                 _ = phase.changed() => {}
             }
         }
-        reader.abort();
+        probe.disconnect();
         if *phase.borrow() == Phase::Chaos {
             sleep(Duration::from_millis(rng.random_range(0..300))).await;
         }
@@ -343,7 +174,8 @@ fn message(
     idx: usize,
     n: u64,
     rng: &mut StdRng,
-    rec: &Arc<Mutex<Record>>,
+    accepted: Option<&str>,
+    sent: &Mutex<Sent>,
 ) -> (Option<String>, serde_json::Value, bool, bool) {
     let id = format!("s{idx}-{n}");
     let roll: u32 = rng.random_range(0..100);
@@ -381,12 +213,9 @@ fn message(
         ),
         _ => {
             // Resend an accepted message on purpose: answered duplicate, not sent again.
-            let r = rec.lock().unwrap();
-            match r.accepted.iter().next() {
-                Some(old) => {
-                    let (g, v) = r.valid[old].clone();
-                    (g, v, true, false)
-                }
+            let s = sent.lock().unwrap();
+            match accepted.and_then(|old| s.valid.get(old)) {
+                Some((g, v)) => (g.clone(), v.clone(), true, false),
                 None => (
                     None,
                     serde_json::json!({"to": dev, "message_id": id}),
@@ -444,25 +273,30 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
 
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let bal_port = free_port();
-    let config = write_config(dir.path(), &emu, bal_port);
-    let log = dir.path().join("gimmm.log");
-    let addr: SocketAddr = format!("127.0.0.1:{bal_port}").parse().unwrap();
-    let mut child = spawn_gimmm(&config, &log);
+    let mut cfg = emulator_config(&emu, dir.path(), &SESSIONS).unwrap();
+    cfg.fcm.connections = 2;
+    cfg.retry.max_ms = 400;
+    cfg.retry.max_attempts = 10;
+    cfg.admin.listen = String::new();
+    let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm")).dir(dir.path());
+    let mut gw = ChildGateway::spawn(&cfg, opts).await.unwrap();
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Chaos);
-    let records: Vec<Arc<Mutex<Record>>> = (0..SESSIONS.len()).map(|_| Arc::default()).collect();
-    let drivers: Vec<_> = (0..SESSIONS.len())
-        .map(|i| {
-            tokio::spawn(bal_driver(
-                i,
-                addr,
-                seed.wrapping_add(1 + i as u64),
-                records[i].clone(),
-                phase_rx.clone(),
-            ))
-        })
-        .collect();
+    let sent: Vec<Arc<Mutex<Sent>>> = (0..SESSIONS.len()).map(|_| Arc::default()).collect();
+    let mut ledgers: Vec<LedgerWatch> = Vec::new();
+    let mut drivers = Vec::new();
+    for (i, (session, token)) in SESSIONS.iter().enumerate() {
+        let probe = BalProbe::new(*session, *token);
+        ledgers.push(probe.ledger());
+        drivers.push(tokio::spawn(bal_driver(
+            i,
+            gw.follow(),
+            seed.wrapping_add(1 + i as u64),
+            probe,
+            sent[i].clone(),
+            phase_rx.clone(),
+        )));
+    }
 
     let mut upstream: Vec<(String, usize)> = Vec::new();
     let mut events: Vec<String> = Vec::new();
@@ -487,8 +321,11 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
             i,
         ));
         // gimmm must never die on its own.
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("gimmm exited on its own ({status}); log:\n{}", tail(&log));
+        if let Some(status) = gw.try_wait().unwrap() {
+            panic!(
+                "gimmm exited on its own ({status}); log:\n{}",
+                gw.log_tail(40)
+            );
         }
         if Instant::now() < next_action {
             continue;
@@ -517,36 +354,23 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
                 events.push(format!("{t} ms faults cleared"));
             }
             75..=89 => {
-                child.start_kill().unwrap();
-                let st = timeout(Duration::from_secs(10), child.wait())
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let st = gw.kill().await.unwrap();
                 assert!(!st.success());
                 kills += 1;
                 events.push(format!("{t} ms SIGKILL gimmm"));
                 sleep(Duration::from_millis(rng.random_range(0..200))).await;
-                child = spawn_gimmm(&config, &log);
+                gw.restart().await.unwrap();
             }
             90..=93 => {
-                let pid = child.id().unwrap();
-                std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status()
-                    .unwrap();
-                let st = timeout(Duration::from_secs(20), child.wait())
-                    .await
-                    .expect("SIGTERM must end gimmm")
-                    .unwrap();
+                let st = gw.term().await.expect("SIGTERM must end gimmm");
                 assert!(
                     st.success(),
                     "SIGTERM must end in exit 0, got {st}; log:\n{}",
-                    tail(&log)
+                    gw.log_tail(40)
                 );
                 terms += 1;
                 events.push(format!("{t} ms SIGTERM gimmm"));
-                child = spawn_gimmm(&config, &log);
+                gw.restart().await.unwrap();
             }
             _ => events.push(format!("{t} ms (calm)")),
         }
@@ -557,52 +381,49 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
     phase_tx.send(Phase::Settle).unwrap();
     let settle_limit = Duration::from_secs(90);
     let settle_start = Instant::now();
-    let done = |records: &[Arc<Mutex<Record>>], upstream: &[(String, usize)]| -> Option<String> {
-        for (i, r) in records.iter().enumerate() {
-            let r = r.lock().unwrap();
-            if let Some(id) = r.valid.keys().find(|id| !r.accepted.contains(*id)) {
-                return Some(format!("session {i}: {id} never ACCEPTED"));
-            }
-            if let Some(id) = r.accepted.iter().find(|id| !r.finals.contains_key(*id)) {
-                return Some(format!("session {i}: {id} accepted, no final result"));
-            }
-            if let Some(id) = r.receipt_requested.iter().find(|id| {
-                r.final_kind.get(*id).is_some_and(|k| k == "ACK") && !r.receipts.contains_key(*id)
-            }) {
-                return Some(format!("session {i}: no receipt for {id}"));
-            }
-        }
-        for (id, i) in upstream {
-            if !records[*i].lock().unwrap().upstream.contains_key(id) {
-                return Some(format!("upstream {id} not delivered to session {i}"));
+    let settled = async {
+        for (i, ledger) in ledgers.iter().enumerate() {
+            let mine: Vec<&String> = upstream
+                .iter()
+                .filter(|(_, s)| *s == i)
+                .map(|(id, _)| id)
+                .collect();
+            let left = settle_limit.saturating_sub(settle_start.elapsed());
+            let waited = ledger
+                .wait_until(&format!("session {i} to settle"), left, |l| {
+                    unsettled(l, &sent[i], &mine).is_none()
+                })
+                .await;
+            if waited.is_err() {
+                let why = ledger.with(|l| unsettled(l, &sent[i], &mine));
+                return Err(format!("session {i}: {}", why.unwrap_or_default()));
             }
         }
-        None
+        Ok(())
     };
-    loop {
-        match done(&records, &upstream) {
-            None => break,
-            Some(why) => {
-                if settle_start.elapsed() > settle_limit {
-                    panic!(
-                        "seed {seed}: not settled after {settle_limit:?}: {why}\nchaos events:\n{}\ngimmm log:\n{}\nemulator: {:?}",
-                        events.join("\n"),
-                        tail(&log),
-                        summary(&emu)
-                    );
-                }
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("gimmm exited on its own ({status}); log:\n{}", tail(&log));
-        }
-        sleep(Duration::from_millis(100)).await;
+    let outcome = tokio::select! {
+        r = settled => r,
+        st = gw.wait() => Err(format!("gimmm exited on its own ({st:?})")),
+    };
+    if let Err(why) = outcome {
+        panic!(
+            "seed {seed}: not settled after {settle_limit:?}: {why}\nchaos events:\n{}\ngimmm log:\n{}\nemulator: {:?}",
+            events.join("\n"),
+            gw.log_tail(40),
+            summary(&emu)
+        );
     }
     // A little longer: a late duplicate would show up now.
     sleep(Duration::from_millis(500)).await;
     phase_tx.send(Phase::Stop).unwrap();
+    let mut reconnects = Vec::new();
     for d in drivers {
-        let _ = timeout(Duration::from_secs(10), d).await;
+        reconnects.push(
+            timeout(Duration::from_secs(10), d)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        );
     }
 
     // ---- checks ----------------------------------------------------------
@@ -618,72 +439,71 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
         mut dup_answers,
     ) = (0, 0, 0, 0, 0, 0, 0);
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-    for (i, r) in records.iter().enumerate() {
-        let r = r.lock().unwrap();
+    for (i, ledger) in ledgers.iter().enumerate() {
+        let l = ledger.snapshot();
+        let s = sent[i].lock().unwrap();
         assert!(
-            r.errors.is_empty(),
-            "seed {seed}: session {i}: {:?}",
-            r.errors
+            l.errors.is_empty() && l.conflicts.is_empty() && l.bad_lines.is_empty(),
+            "seed {seed}: session {i}: errors {:?}, conflicts {:?}, bad lines {:?}",
+            l.errors,
+            l.conflicts,
+            l.bad_lines
         );
-        for id in &r.accepted {
-            let n = r.finals[id].len();
-            assert_eq!(
-                n, 1,
-                "seed {seed}: session {i}: message {id} got {n} different final results"
-            );
-            if r.final_kind[id] == "ACK" {
+        let strays: Vec<&String> = l
+            .accepted
+            .iter()
+            .filter(|id| !s.valid.contains_key(*id))
+            .collect();
+        assert!(
+            strays.is_empty(),
+            "seed {seed}: session {i}: ACCEPTED for invalid or unknown messages {strays:?}"
+        );
+        // Every accepted message has exactly one final result, and no
+        // message (invalid ones included) more than one.
+        if let Err(e) = l.exactly_one_final(&l.accepted) {
+            panic!("seed {seed}: session {i}: {e}");
+        }
+        for id in &l.accepted {
+            let kind = l.final_of(id).unwrap();
+            if *kind == Final::Ack {
                 assert!(
                     stats.msg(id).acked >= 1,
                     "seed {seed}: {id} ACKed at the BAL, never acked by FCM"
                 );
                 acks += 1;
             }
-            *kinds.entry(r.final_kind[id].clone()).or_default() += 1;
+            *kinds.entry(kind.kind().to_string()).or_default() += 1;
         }
-        for id in &r.invalid {
-            let n = r.finals.get(id).map_or(0, HashSet::len);
-            assert!(n <= 1, "seed {seed}: invalid message {id} got {n} results");
+        for id in &s.invalid {
             assert_eq!(
                 stats.msg(id).received,
                 0,
                 "seed {seed}: invalid {id} was sent to FCM"
             );
         }
-        for (id, seqs) in &r.upstream {
-            assert_eq!(
-                seqs.len(),
-                1,
-                "seed {seed}: upstream {id} delivered {} times",
-                seqs.len()
-            );
+        // Every upstream message and receipt arrived once (one sequence id).
+        if let Err(e) = l.each_delivered_once() {
+            panic!("seed {seed}: session {i}: {e}");
         }
-        for (id, seqs) in &r.receipts {
-            assert_eq!(
-                seqs.len(),
-                1,
-                "seed {seed}: receipt for {id} delivered {} times",
-                seqs.len()
-            );
-        }
-        accepted += r.accepted.len();
-        finals += r.finals.len();
-        up_total += r.upstream.len();
-        receipts += r.receipts.len();
-        redeliveries += r.redeliveries;
-        dup_answers += r.duplicate_answers;
+        accepted += l.accepted.len();
+        finals += l.finals.len();
+        up_total += l.upstream.len();
+        receipts += l.receipts.len();
+        redeliveries += l.redeliveries();
+        dup_answers += l.duplicate_accepts;
         report.push(format!(
             "session {i}: {} valid sent, {} invalid, {} accepted, {} reconnects",
-            r.valid.len(),
-            r.invalid.len(),
-            r.accepted.len(),
-            r.reconnects
+            s.valid.len(),
+            s.invalid.len(),
+            l.accepted.len(),
+            reconnects[i].map_or("?".to_string(), |n| n.to_string()),
         ));
     }
     for (id, i) in &upstream {
-        for (j, r) in records.iter().enumerate() {
+        for (j, ledger) in ledgers.iter().enumerate() {
             if j != *i {
                 assert!(
-                    !r.lock().unwrap().upstream.contains_key(id),
+                    !ledger.with(|l| l.upstream.contains_key(id)),
                     "seed {seed}: upstream {id} reached the wrong session"
                 );
             }
@@ -712,30 +532,39 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
         eprintln!("chaos: {l}");
     }
 
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    let st = timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let st = gw.term().await.unwrap();
     assert!(st.success(), "final SIGTERM: {st}");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = gw.stderr();
     assert!(
         !text.contains("panicked"),
         "gimmm panicked:\n{}",
-        tail(&log)
+        gw.log_tail(40)
     );
     emu.shutdown().await;
 }
 
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+/// Why session `i` has not settled yet (`None`: it has): a valid message
+/// never ACCEPTED, an accepted one without a final result, a requested
+/// receipt missing for an ACKed message, an upstream message not delivered.
+fn unsettled(l: &Ledger, sent: &Mutex<Sent>, upstream: &[&String]) -> Option<String> {
+    let s = sent.lock().unwrap();
+    if let Some(id) = s.valid.keys().find(|id| !l.accepted.contains(*id)) {
+        return Some(format!("{id} never ACCEPTED"));
+    }
+    if let Some(id) = l.accepted.iter().find(|id| !l.finals.contains_key(*id)) {
+        return Some(format!("{id} accepted, no final result"));
+    }
+    if let Some(id) = s
+        .receipt_requested
+        .iter()
+        .find(|id| l.final_of(id) == Some(&Final::Ack) && !l.receipts.contains_key(*id))
+    {
+        return Some(format!("no receipt for {id}"));
+    }
+    if let Some(id) = upstream.iter().find(|id| !l.upstream.contains_key(**id)) {
+        return Some(format!("upstream {id} not delivered"));
+    }
+    None
 }
 
 fn summary(emu: &Emulator) -> String {

@@ -7,48 +7,31 @@
 #![allow(clippy::unwrap_used)]
 
 use emulator::{Emulator, EmulatorConfig, Faults};
-use gateway::config::{Config, Secret, SessionConfig};
+use gateway::config::Config;
 use gateway::Gateway;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
+use testkit::{emulator_config, in_process, Relay};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/python_bal.py");
 const SESSION: &str = "com.example.app";
 const TOKEN: &str = "py-token";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn config(dir: &Path, emu: &Emulator, bal_listen: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.fcm.host = "127.0.0.1".into();
-    cfg.fcm.port = emu.addr().port();
-    cfg.fcm.sender_id = emu.sender_id().to_string();
-    cfg.fcm.server_key = Secret::new(emu.server_key());
-    cfg.retry.initial_ms = 20;
+fn config(dir: &Path, emu: &Emulator) -> Config {
+    let mut cfg = emulator_config(emu, dir, &[(SESSION, TOKEN)]).unwrap();
     cfg.retry.max_ms = 200;
-    cfg.bal.listen = bal_listen.into();
     cfg.admin.listen = String::new();
-    cfg.store.path = dir.join("gimmm.db");
-    cfg.bal.sessions = vec![SessionConfig {
-        session_id: SESSION.into(),
-        token: Secret::new(TOKEN),
-    }];
-    cfg.validate().unwrap();
     cfg
 }
 
 async fn gateway(cfg: &Config, emu: &Emulator) -> Gateway {
-    let connector: Arc<dyn xmpp::connect::Connector> =
-        Arc::new(xmpp::connect::DirectTls::with_ca_pem(emu.ca_pem().as_bytes()).unwrap());
-    Gateway::start_with_connector(cfg.clone(), connector, CancellationToken::new())
-        .await
-        .unwrap()
+    in_process(cfg, emu).await.unwrap()
 }
 
 /// A running example; its stdout and stderr lines arrive on one channel,
@@ -162,7 +145,7 @@ async fn wait_all_acked(gw: &Gateway) {
 async fn python_example_sends_and_gets_its_ack() {
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(&config(dir.path(), &emu, "127.0.0.1:0"), &emu).await;
+    let gw = gateway(&config(dir.path(), &emu), &emu).await;
     let py = python(gw.bal_addr, &[]);
     let (_, out) = py.finish().await;
     let msgs: Vec<serde_json::Value> = out.iter().map(|l| parse(l)).collect();
@@ -198,26 +181,26 @@ async fn python_example_reconnects_with_backoff() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let cfg = config(dir.path(), &emu, &addr.to_string());
+    let cfg = config(dir.path(), &emu);
+    // The example knows one address; each gateway binds a new port, so a
+    // relay on a fixed address forwards to the current one.
+    let relay = Relay::start().await.unwrap();
 
-    // Nothing listens yet: the example retries.
-    let mut py = python(addr, &["--ping", "0.2"]);
+    // No gateway yet (the relay closes every connection): the example retries.
+    let mut py = python(relay.addr(), &["--ping", "0.2"]);
     py.wait_line("!connection lost").await;
     let gw = gateway(&cfg, &emu).await;
+    relay.set_target(Some(gw.bal_addr));
     py.wait_line("DOWNSTREAM_ACCEPTED").await;
     py.wait_line("PONG").await;
 
     // The gateway stops (the connection drops) and comes back on the same
     // store: the stored message's result reaches the reconnected example.
+    relay.set_target(None);
     gw.stop().await;
     py.wait_line("!connection lost").await;
     let gw = gateway(&cfg, &emu).await;
+    relay.set_target(Some(gw.bal_addr));
     let (_, out) = py.finish().await;
     let acks: Vec<serde_json::Value> = out
         .iter()

@@ -9,13 +9,12 @@
 
 use bal::BalClient;
 use emulator::{Emulator, EmulatorConfig};
+use gateway::config::{Config, Secret};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use testkit::{emulator_config, http_get, ChildGateway, ChildOpts};
+use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(60);
 const SERVER_KEY: &str = "SRVKEY-9d41c7e2b5f0";
@@ -46,151 +45,62 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-fn write_config(dir: &Path, emu: &Emulator) -> PathBuf {
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, emu.ca_pem()).unwrap();
+/// The test config: the server key only in a file, two sessions, the admin
+/// token only in the environment (see [`serve`]).
+fn config(dir: &Path, emu: &Emulator) -> Config {
     let key = dir.join("fcm.key");
     std::fs::write(&key, format!("{SERVER_KEY}\n")).unwrap();
-    let cfg = format!(
-        r#"
-[fcm]
-host = "127.0.0.1"
-port = {port}
-sender_id = "{sender}"
-server_key_file = "{key}"
-ca_file = "{ca}"
-
-[retry]
-initial_ms = 20
-max_ms = 500
-
-[bal]
-listen = "127.0.0.1:0"
-
-[[bal.sessions]]
-session_id = "com.example.app"
-token = "{TOKEN_APP}"
-
-[[bal.sessions]]
-session_id = "com.example.other"
-token = "{TOKEN_OTHER}"
-
-[store]
-path = "{db}"
-
-[admin]
-listen = "127.0.0.1:0"
-"#,
-        port = emu.addr().port(),
-        sender = emu.sender_id(),
-        key = key.display(),
-        ca = ca.display(),
-        db = dir.join("gimmm.db").display(),
-    );
-    let p = dir.join("gimmm.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
+    let mut cfg = emulator_config(
+        emu,
+        dir,
+        &[
+            ("com.example.app", TOKEN_APP),
+            ("com.example.other", TOKEN_OTHER),
+        ],
+    )
+    .unwrap();
+    cfg.fcm.server_key = Secret::default();
+    cfg.fcm.server_key_file = Some(key);
+    cfg
 }
 
-/// A running `gimmm serve` whose output is being collected.
-struct Served {
-    child: Child,
-    bal: SocketAddr,
-    admin: Option<SocketAddr>,
-    stdout: tokio::task::JoinHandle<String>,
-    stderr: tokio::task::JoinHandle<String>,
-}
-
-async fn serve(config: &Path, args: &[&str], rust_log: &str) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gimmm"))
-        .args(args)
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", rust_log)
+/// `gimmm [args] serve` with its output collected.
+async fn serve(cfg: &Config, dir: &Path, args: &[&str], rust_log: &str) -> ChildGateway {
+    let mut opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm"))
+        .dir(dir)
+        .rust_log(rust_log)
         .env("GIMMM_ADMIN__TOKEN", ADMIN_TOKEN)
-        .env_remove("GIMMM_LOG_FORMAT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let out = child.stdout.take().unwrap();
-    let stdout = tokio::spawn(async move {
-        let mut lines = BufReader::new(out).lines();
-        let mut all = String::new();
-        while let Ok(Some(l)) = lines.next_line().await {
-            let _ = tx.send(l.clone());
-            all.push_str(&l);
-            all.push('\n');
-        }
-        all
-    });
-    let mut err = child.stderr.take().unwrap();
-    let stderr = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s).await;
-        s
-    });
-    let (mut bal, mut admin) = (None, None);
-    while bal.is_none() || admin.is_none() {
-        let line = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("gimmm serve did not print its addresses")
-            .expect("gimmm serve exited before printing its addresses");
-        if let Some(a) = line.strip_prefix("gimmm serving BALs on ") {
-            bal = Some(a.trim().parse().unwrap());
-        }
-        if let Some(rest) = line.strip_prefix("admin http on http://") {
-            admin = Some(rest.split(' ').next().unwrap().parse().unwrap());
-        }
+        .env_remove("GIMMM_LOG_FORMAT");
+    for a in args {
+        opts = opts.arg(a);
     }
-    Served {
-        child,
-        bal: bal.unwrap(),
-        admin,
-        stdout,
-        stderr,
-    }
+    ChildGateway::spawn(cfg, opts).await.unwrap()
 }
 
-impl Served {
-    /// SIGTERM, expect exit 0, return (stdout, stderr).
-    async fn terminate(mut self) -> (String, String) {
-        let pid = self.child.id().unwrap();
-        let kill = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        let out = self.stdout.await.unwrap();
-        let err = self.stderr.await.unwrap();
-        assert!(
-            status.success(),
-            "SIGTERM must end in exit 0: {status:?}\n{err}"
-        );
-        (out, err)
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str, token: &str) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+/// SIGTERM, expect exit 0 and the addresses announced on stdout, return
+/// (stdout, stderr).
+async fn terminate(mut gw: ChildGateway) -> (String, String) {
+    let ports = gw.ports();
+    let status = gw.term().await.unwrap();
+    let (out, err) = (gw.stdout(), gw.stderr());
+    assert!(
+        status.success(),
+        "SIGTERM must end in exit 0: {status:?}\n{err}"
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    raw.split(' ').nth(1).unwrap().parse().unwrap()
+    assert!(
+        out.contains(&format!("gimmm serving BALs on {}\n", ports.bal)),
+        "{out}"
+    );
+    let admin = ports.admin.unwrap();
+    assert!(
+        out.contains(&format!("admin http on http://{admin} ")),
+        "{out}"
+    );
+    (out, err)
+}
+
+async fn http_status(addr: SocketAddr, path: &str, token: &str) -> u16 {
+    http_get(addr, path, Some(token)).await.unwrap().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,14 +112,14 @@ async fn secrets_never_appear_in_debug_json_logs() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &emu);
-    let served = serve(&config, &["--log-format", "json"], "debug").await;
+    let cfg = config(dir.path(), &emu);
+    let served = serve(&cfg, dir.path(), &["--log-format", "json"], "debug").await;
 
     // One message end to end with `gimmm send --wait` (token from the env).
     let send = tokio::time::timeout(
         WAIT,
         Command::new(env!("CARGO_BIN_EXE_gimmm"))
-            .args(["send", "--server", &served.bal.to_string()])
+            .args(["send", "--server", &served.bal_addr().to_string()])
             .args(["--session", "com.example.app", "--to", "device-secret-1"])
             .args(["--data", "k=v", "--wait", "--timeout", "50"])
             .env("GIMMM_TOKEN", TOKEN_APP)
@@ -228,7 +138,7 @@ async fn secrets_never_appear_in_debug_json_logs() {
     assert!(send_out.contains("DOWNSTREAM_ACK"), "{send_out}");
 
     // An upstream message to the other session.
-    let mut other = BalClient::connect_logon(served.bal, "com.example.other", TOKEN_OTHER)
+    let mut other = BalClient::connect_logon(served.bal_addr(), "com.example.other", TOKEN_OTHER)
         .await
         .unwrap();
     let mut data = serde_json::Map::new();
@@ -242,21 +152,24 @@ async fn secrets_never_appear_in_debug_json_logs() {
     other.ack(m.sequence_id().unwrap()).await.unwrap();
 
     // A refused LOGON.
-    match BalClient::connect_logon(served.bal, "com.example.app", WRONG_TOKEN).await {
+    match BalClient::connect_logon(served.bal_addr(), "com.example.app", WRONG_TOKEN).await {
         Err(bal::ClientError::LogonRefused(_)) => {}
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a wrong token was accepted"),
     }
     // The admin API with a wrong and a right bearer token.
-    let admin = served.admin.unwrap();
+    let admin = served.admin_addr().unwrap();
     assert_eq!(
-        http_get(admin, "/api/v1/sessions", WRONG_ADMIN_TOKEN).await,
+        http_status(admin, "/api/v1/sessions", WRONG_ADMIN_TOKEN).await,
         401
     );
-    assert_eq!(http_get(admin, "/api/v1/sessions", ADMIN_TOKEN).await, 200);
+    assert_eq!(
+        http_status(admin, "/api/v1/sessions", ADMIN_TOKEN).await,
+        200
+    );
     drop(other);
 
-    let (stdout, stderr) = served.terminate().await;
+    let (stdout, stderr) = terminate(served).await;
     emu.shutdown().await;
 
     assert_eq!(
@@ -312,11 +225,11 @@ async fn rust_log_filters_and_human_format_is_default() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &emu);
+    let cfg = config(dir.path(), &emu);
     // Only the gateway crate, at info: gimmm's own "bye" and every debug
     // line are filtered out.
-    let served = serve(&config, &[], "gateway=info").await;
-    let (_, stderr) = served.terminate().await;
+    let served = serve(&cfg, dir.path(), &[], "gateway=info").await;
+    let (_, stderr) = terminate(served).await;
     emu.shutdown().await;
     assert!(stderr.contains("gimmm gateway started"), "{stderr}");
     assert!(stderr.contains("INFO"), "{stderr}");

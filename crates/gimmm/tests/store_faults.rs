@@ -12,15 +12,15 @@
 
 use bal::{BalClient, FromBal, ToBal};
 use emulator::{Emulator, EmulatorConfig, Faults};
-use gateway::config::{Config, Secret, SessionConfig};
-use gateway::Gateway;
-use std::collections::{HashMap, HashSet};
+use gateway::config::Config;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
+use testkit::{
+    emulator_config, in_process, recv_until, AckPolicy, BalProbe, ChildError, ChildGateway,
+    ChildOpts,
+};
 use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
 const SESSION: &str = "com.example.app";
 const TOKEN: &str = "dev-token";
@@ -75,21 +75,13 @@ impl Drop for Tmpfs {
     }
 }
 
-fn config(store: &Path, emu: &Emulator) -> Config {
-    let mut cfg = Config::default();
-    cfg.fcm.host = "127.0.0.1".into();
-    cfg.fcm.port = emu.addr().port();
-    cfg.fcm.sender_id = emu.sender_id().to_string();
-    cfg.fcm.server_key = Secret::new(emu.server_key());
-    cfg.retry.initial_ms = 20;
+/// The test config with its store at `store` (the emulator's CA goes to
+/// `aux`, not to the small file system under test).
+fn config(aux: &Path, store: &Path, emu: &Emulator) -> Config {
+    let mut cfg = emulator_config(emu, aux, &[(SESSION, TOKEN)]).unwrap();
     cfg.retry.max_ms = 200;
-    cfg.bal.listen = "127.0.0.1:0".into();
     cfg.admin.listen = String::new();
     cfg.store.path = store.to_path_buf();
-    cfg.bal.sessions = vec![SessionConfig {
-        session_id: SESSION.into(),
-        token: Secret::new(TOKEN),
-    }];
     cfg
 }
 
@@ -97,60 +89,27 @@ fn big(id: &str) -> serde_json::Value {
     serde_json::json!({"to": "dev-full", "message_id": id, "data": {"blob": "z".repeat(3500)}})
 }
 
-/// Reads the BAL's lines, ACKing sequenced ones and recording final results.
-#[derive(Default)]
-struct Seen {
-    finals: HashMap<String, HashSet<u64>>,
-}
-
-impl Seen {
-    async fn next(&mut self, c: &mut BalClient, within: Duration) -> Option<ToBal> {
-        let m = timeout(within, c.recv()).await.ok()?.unwrap();
-        if let Some(seq) = m.sequence_id() {
-            c.ack(seq).await.unwrap();
-        }
-        if m.is_final() {
-            self.finals
-                .entry(m.message_id().unwrap().to_string())
-                .or_default()
-                .insert(m.sequence_id().unwrap());
-        }
-        Some(m)
-    }
-
-    /// Sends one DOWNSTREAM; its direct answer (ACCEPTED or ERROR).
-    async fn send(
-        &mut self,
-        c: &mut BalClient,
-        data: serde_json::Value,
-        within: Duration,
-    ) -> Option<ToBal> {
-        c.downstream(None, data).await.unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let m = self.next(c, left).await?;
-            if matches!(m, ToBal::DownstreamAccepted { .. } | ToBal::Error { .. }) {
-                return Some(m);
-            }
-        }
-    }
+/// Sends one DOWNSTREAM on a plain client; its direct answer (ACCEPTED or
+/// ERROR), ACKing sequenced messages on the way; `None` when nothing
+/// arrives for `within`.
+async fn send_raw(c: &mut BalClient, data: serde_json::Value, within: Duration) -> Option<ToBal> {
+    c.downstream(None, data).await.unwrap();
+    recv_until(c, within, |m| {
+        matches!(m, ToBal::DownstreamAccepted { .. } | ToBal::Error { .. })
+    })
+    .await
+    .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
     let Some(fs) = Tmpfs::mount("6m") else { return };
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let cfg = config(&fs.path().join("gimmm.db"), &emu);
-    let connector: Arc<dyn xmpp::connect::Connector> =
-        Arc::new(xmpp::connect::DirectTls::with_ca_pem(emu.ca_pem().as_bytes()).unwrap());
-    let gw = Gateway::start_with_connector(cfg, connector, CancellationToken::new())
-        .await
-        .unwrap();
-    let mut c = BalClient::connect_logon(gw.bal_addr, SESSION, TOKEN)
-        .await
-        .unwrap();
-    let mut seen = Seen::default();
+    let aux = tempfile::tempdir().unwrap();
+    let cfg = config(aux.path(), &fs.path().join("gimmm.db"), &emu);
+    let gw = in_process(&cfg, &emu).await.unwrap();
+    let mut probe = BalProbe::new(SESSION, TOKEN);
+    probe.connect(gw.bal_addr).await.unwrap();
     let mut promised: Vec<String> = Vec::new();
 
     // Stored and answered while FCM holds them: accepted, not final yet.
@@ -160,7 +119,7 @@ async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
     });
     for i in 0..30 {
         let id = format!("held-{i}");
-        let m = seen.send(&mut c, big(&id), WAIT).await.unwrap();
+        let m = probe.send_and_answer(None, big(&id), WAIT).await.unwrap();
         assert!(matches!(m, ToBal::DownstreamAccepted { .. }), "{m:?}");
         promised.push(id);
     }
@@ -174,8 +133,8 @@ async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
     let mut refused = Vec::new();
     for i in 0..400 {
         let id = format!("full-{i}");
-        let m = seen
-            .send(&mut c, big(&id), WAIT)
+        let m = probe
+            .send_and_answer(None, big(&id), WAIT)
             .await
             .expect("an answer while the disk is full");
         match m {
@@ -204,8 +163,8 @@ async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
     for i in 0..5 {
         let id = format!("refused-{i}");
         let t = Instant::now();
-        let m = seen
-            .send(&mut c, big(&id), Duration::from_secs(5))
+        let m = probe
+            .send_and_answer(None, big(&id), Duration::from_secs(5))
             .await
             .expect("a prompt answer");
         assert!(
@@ -222,8 +181,8 @@ async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
         refused.push(id);
     }
     // The session stays usable.
-    c.send(&FromBal::Ping).await.unwrap();
-    assert!(matches!(seen.next(&mut c, WAIT).await, Some(ToBal::Pong)));
+    probe.ping().unwrap();
+    assert_eq!(probe.next_reply(WAIT).await.unwrap(), ToBal::Pong);
 
     // Space returns; FCM answers again (the held messages are resent on the
     // new connections).
@@ -233,7 +192,7 @@ async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
     let deadline = Instant::now() + WAIT;
     loop {
         let id = format!("after-{}", promised.len());
-        match seen.send(&mut c, big(&id), WAIT).await.unwrap() {
+        match probe.send_and_answer(None, big(&id), WAIT).await.unwrap() {
             ToBal::DownstreamAccepted { .. } => {
                 promised.push(id);
                 break;
@@ -246,14 +205,12 @@ async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
         }
     }
     // Every promise kept, exactly once; nothing refused was ever sent.
-    let deadline = Instant::now() + WAIT;
-    while !promised.iter().all(|id| seen.finals.contains_key(id)) {
-        assert!(Instant::now() < deadline, "missing finals");
-        seen.next(&mut c, WAIT).await;
-    }
-    for id in &promised {
-        assert_eq!(seen.finals[id].len(), 1, "{id}");
-    }
+    probe
+        .wait_finals_for(&promised, WAIT)
+        .await
+        .expect("missing finals");
+    let seen = probe.snapshot();
+    seen.assert_exactly_one_final(&promised);
     let stats = emu.stats();
     for id in &refused {
         assert!(
@@ -286,20 +243,17 @@ async fn disk_full_refuses_new_messages_keeps_stored_ones_and_recovers() {
 async fn disk_full_with_other_writes(strict: bool) {
     let Some(fs) = Tmpfs::mount("4m") else { return };
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let cfg = config(&fs.path().join("gimmm.db"), &emu);
-    let connector: Arc<dyn xmpp::connect::Connector> =
-        Arc::new(xmpp::connect::DirectTls::with_ca_pem(emu.ca_pem().as_bytes()).unwrap());
-    let gw = Gateway::start_with_connector(cfg, connector, CancellationToken::new())
-        .await
-        .unwrap();
-    let mut c = BalClient::connect_logon(gw.bal_addr, SESSION, TOKEN)
-        .await
-        .unwrap();
-    let mut seen = Seen::default();
+    let aux = tempfile::tempdir().unwrap();
+    let cfg = config(aux.path(), &fs.path().join("gimmm.db"), &emu);
+    let gw = in_process(&cfg, &emu).await.unwrap();
+    let mut probe = BalProbe::new(SESSION, TOKEN);
+    probe.connect(gw.bal_addr).await.unwrap();
     let filler = fs.fill();
     // Make sure the WAL cannot absorb anything more.
     for i in 0..400 {
-        if let Some(ToBal::Error { .. }) = seen.send(&mut c, big(&format!("fill-{i}")), WAIT).await
+        if let Ok(ToBal::Error { .. }) = probe
+            .send_and_answer(None, big(&format!("fill-{i}")), WAIT)
+            .await
         {
             break;
         }
@@ -309,31 +263,25 @@ async fn disk_full_with_other_writes(strict: bool) {
     let up = emu.send_upstream("dev-up", SESSION, data);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    let answer = seen
-        .send(&mut c, big("while-stuck"), Duration::from_secs(3))
-        .await;
+    let answer = probe
+        .send_and_answer(None, big("while-stuck"), Duration::from_secs(3))
+        .await
+        .ok();
     eprintln!(
         "answer while the disk is full, after {:?}: {answer:?}",
         t.elapsed()
     );
     std::fs::remove_file(&filler).unwrap();
     // After recovery: the DOWNSTREAM is answered and the upstream arrives once.
-    let mut answered = answer.is_some();
-    let mut upstream = 0;
     let deadline = Instant::now() + WAIT;
-    while !(answered && upstream == 1) {
-        assert!(
-            Instant::now() < deadline,
-            "answered={answered} upstream={upstream}"
-        );
-        let Some(m) = seen.next(&mut c, WAIT).await else {
-            continue;
-        };
+    let mut answered = answer.is_some();
+    while !answered {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = probe
+            .next_reply(left)
+            .await
+            .unwrap_or_else(|e| panic!("answered=false: {e}"));
         match &m {
-            ToBal::Upstream { fcm_data, .. } => {
-                assert_eq!(fcm_data["message_id"], up.as_str());
-                upstream += 1;
-            }
             ToBal::DownstreamAccepted { message_id, .. }
             | ToBal::Error {
                 error_description: message_id,
@@ -348,15 +296,33 @@ async fn disk_full_with_other_writes(strict: bool) {
             _ => {}
         }
     }
-    // No second delivery of the upstream message.
-    c.send(&FromBal::Ping).await.unwrap();
+    let left = deadline.saturating_duration_since(Instant::now());
+    probe
+        .wait_until("the upstream message", left, |l| {
+            l.upstream_lines_total() >= 1
+        })
+        .await
+        .unwrap();
+    // No second delivery of the upstream message: nothing more up to a PONG.
+    probe.ping().unwrap();
     loop {
-        match seen.next(&mut c, WAIT).await.unwrap() {
-            ToBal::Pong => break,
-            ToBal::Upstream { .. } => panic!("upstream delivered twice"),
-            _ => {}
+        if probe.next_reply(WAIT).await.unwrap() == ToBal::Pong {
+            break;
         }
     }
+    let seen = probe.snapshot();
+    assert_eq!(
+        seen.upstream.keys().collect::<Vec<_>>(),
+        [&up],
+        "{}",
+        seen.summary()
+    );
+    assert_eq!(
+        seen.upstream_lines_total(),
+        1,
+        "upstream delivered twice: {}",
+        seen.summary()
+    );
     gw.stop().await;
     emu.shutdown().await;
     if strict {
@@ -393,20 +359,16 @@ fn rss_bytes() -> u64 {
 async fn a_stuck_store_does_not_buffer_new_messages_without_bound() {
     let Some(fs) = Tmpfs::mount("4m") else { return };
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let cfg = config(&fs.path().join("gimmm.db"), &emu);
-    let connector: Arc<dyn xmpp::connect::Connector> =
-        Arc::new(xmpp::connect::DirectTls::with_ca_pem(emu.ca_pem().as_bytes()).unwrap());
-    let gw = Gateway::start_with_connector(cfg, connector, CancellationToken::new())
-        .await
-        .unwrap();
+    let aux = tempfile::tempdir().unwrap();
+    let cfg = config(aux.path(), &fs.path().join("gimmm.db"), &emu);
+    let gw = in_process(&cfg, &emu).await.unwrap();
+    // A plain client: the flood below must meet TCP backpressure itself.
     let mut c = BalClient::connect_logon(gw.bal_addr, SESSION, TOKEN)
         .await
         .unwrap();
-    let mut seen = Seen::default();
     let filler = fs.fill();
     for i in 0..400 {
-        if let Some(ToBal::Error { .. }) = seen.send(&mut c, big(&format!("fill-{i}")), WAIT).await
-        {
+        if let Some(ToBal::Error { .. }) = send_raw(&mut c, big(&format!("fill-{i}")), WAIT).await {
             break;
         }
     }
@@ -454,113 +416,58 @@ async fn a_stuck_store_does_not_buffer_new_messages_without_bound() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, emu: &Emulator, bal_port: u16, db: &Path) -> PathBuf {
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, emu.ca_pem()).unwrap();
-    let cfg = format!(
-        "[fcm]\nhost = \"127.0.0.1\"\nport = {}\nsender_id = \"{}\"\nserver_key = \"{}\"\nca_file = \"{}\"\n\n\
-         [bal]\nlisten = \"127.0.0.1:{bal_port}\"\n\n[[bal.sessions]]\nsession_id = \"{SESSION}\"\ntoken = \"{TOKEN}\"\n\n\
-         [store]\npath = \"{}\"\n\n[admin]\nlisten = \"\"\n",
-        emu.addr().port(),
-        emu.sender_id(),
-        emu.server_key(),
-        ca.display(),
-        db.display()
-    );
-    let p = dir.join(format!("gimmm-{bal_port}.toml"));
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
-
-async fn logon(port: u16) -> BalClient {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match BalClient::connect_logon(("127.0.0.1", port), SESSION, TOKEN).await {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "gimmm did not come up: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-fn serve(config: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_gimmm"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_in_use_is_refused_with_a_clear_message() {
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("gimmm.db");
-    let (p1, p2) = (free_port(), free_port());
-    let c1 = write_config(dir.path(), &emu, p1, &db);
-    let c2 = write_config(dir.path(), &emu, p2, &db);
-    let mut first = serve(&c1).spawn().unwrap();
-    let mut bal = logon(p1).await;
+    let mut cfg = emulator_config(&emu, dir.path(), &[(SESSION, TOKEN)]).unwrap();
+    cfg.admin.listen = String::new();
+    let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm")).dir(dir.path());
+    let mut first = ChildGateway::spawn(&cfg, opts.clone()).await.unwrap();
+    // Results stay unACKed: the next gimmm must still have them.
+    let mut bal = BalProbe::new(SESSION, TOKEN).with_ack(AckPolicy::None);
+    bal.connect(first.bal_addr()).await.unwrap();
     bal.downstream(
         None,
         serde_json::json!({"to": "dev-l", "message_id": "lock-1"}),
     )
-    .await
     .unwrap();
 
-    // A second gimmm on the same store: refused, non-zero, names the lock.
-    let out = timeout(
-        WAIT,
-        serve(&c2)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .output(),
-    )
-    .await
-    .expect("the second gimmm must exit, not hang")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("second gimmm: {:?}: {}", out.status, stderr.trim());
-    assert!(!out.status.success());
+    // A second gimmm on the same store: refused, non-zero, names the lock
+    // (and exits: a hang would end the spawn with NotReady).
+    let (status, stderr) = match ChildGateway::spawn(&cfg, opts.clone()).await {
+        Err(ChildError::ExitedEarly { status, stderr }) => (status, stderr),
+        Err(e) => panic!("the second gimmm must exit, not {e}"),
+        Ok(_) => panic!("a second gimmm started on a store in use"),
+    };
+    eprintln!("second gimmm: {status:?}: {}", stderr.trim());
+    assert!(!status.success());
     assert!(stderr.contains("locked"), "{stderr}");
     assert!(
         stderr.contains(&db.display().to_string()),
         "names the store: {stderr}"
     );
     // The first is unaffected.
-    let m = timeout(WAIT, bal.recv()).await.unwrap().unwrap();
+    let m = bal.next_reply(WAIT).await.unwrap();
     assert!(matches!(m, ToBal::DownstreamAccepted { .. }), "{m:?}");
-    bal.send(&FromBal::Ping).await.unwrap();
+    bal.send(FromBal::Ping).unwrap();
+    assert_eq!(bal.next_reply(WAIT).await.unwrap(), ToBal::Pong);
 
     // SIGKILL the owner: the lock goes with the process, a new gimmm starts
     // on the store and still has the message's result.
-    first.start_kill().unwrap();
-    let _ = timeout(WAIT, first.wait()).await.unwrap();
-    let mut second = serve(&c2).spawn().unwrap();
-    let mut bal = logon(p2).await;
-    let m = loop {
-        let m = timeout(WAIT, bal.recv()).await.unwrap().unwrap();
-        if let Some(seq) = m.sequence_id() {
-            bal.ack(seq).await.unwrap();
-        }
-        if m.is_final() {
-            break m;
-        }
-    };
-    assert_eq!(m.message_id(), Some("lock-1"));
-    second.start_kill().unwrap();
-    let _ = timeout(WAIT, second.wait()).await;
+    first.kill().await.unwrap();
+    let mut second = ChildGateway::spawn(&cfg, opts).await.unwrap();
+    let mut bal = BalProbe::new(SESSION, TOKEN);
+    bal.connect(second.bal_addr()).await.unwrap();
+    bal.wait_finals(1, WAIT).await.unwrap();
+    let seen = bal.snapshot();
+    assert_eq!(
+        seen.finals.keys().collect::<Vec<_>>(),
+        ["lock-1"],
+        "{}",
+        seen.summary()
+    );
+    second.kill().await.unwrap();
     emu.shutdown().await;
 }

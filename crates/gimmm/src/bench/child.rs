@@ -1,0 +1,270 @@
+//! The gateway under test (SPEC §7): `gimmm serve` as a child process
+//! (by default, so its own peak RSS and CPU can be read from `/proc`),
+//! inside this process (`--in-process`), or one that already runs
+//! (`--gateway`). The child's config is a typed [`Config`] written as TOML;
+//! it reports its ports through `--ports-file`. Also what `/proc` says about
+//! a process, and the store disk's fsync latency.
+
+use super::{rand_u32, Restart};
+use anyhow::{bail, Context, Result};
+use gateway::config::{Config, Secret, SessionConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// How often the ports file is looked for while the child starts: finely,
+/// since the time until it appears is reported as the restart time.
+const PORTS_POLL: Duration = Duration::from_millis(1);
+
+/// A running gateway.
+pub(super) enum Gw {
+    Child { child: Child, pid: u32 },
+    InProcess(gateway::Gateway),
+    External { pid: Option<u32> },
+}
+
+impl Gw {
+    pub(super) fn pid(&self) -> Option<u32> {
+        match self {
+            Gw::Child { pid, .. } => Some(*pid),
+            Gw::InProcess(_) => Some(std::process::id()),
+            Gw::External { pid } => *pid,
+        }
+    }
+
+    pub(super) fn rss_scope(&self) -> &'static str {
+        match self {
+            Gw::Child { .. } => "gateway child process",
+            Gw::InProcess(_) => "whole bench process (gateway, emulator and load generator)",
+            Gw::External { pid: Some(_) } => "external gateway process",
+            Gw::External { pid: None } => "unknown (pass --gateway-pid)",
+        }
+    }
+
+    pub(super) async fn stop(self, how: Restart) -> Result<()> {
+        match self {
+            Gw::Child { mut child, pid } => {
+                if how == Restart::Kill {
+                    let _ = child.kill().await;
+                    return Ok(());
+                }
+                signal_term(pid);
+                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                    Ok(Ok(st)) if st.success() => Ok(()),
+                    Ok(Ok(st)) => bail!("gateway exited with {st}"),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        bail!("gateway did not stop within 30 s of SIGTERM")
+                    }
+                }
+            }
+            Gw::InProcess(g) => {
+                g.stop().await;
+                Ok(())
+            }
+            Gw::External { .. } => Ok(()),
+        }
+    }
+}
+
+fn signal_term(pid: u32) {
+    // No libc (unsafe is forbidden in this workspace): use kill(1).
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// `VmHWM` / `VmRSS` of a process, in bytes.
+pub(super) fn proc_status(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..]
+        .trim_start_matches(':')
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Median latency of `fdatasync` after a 4 KiB append in `dir`, in ms: the
+/// floor under every durable commit, and on a shared VM the figure that
+/// moves the most between runs.
+pub(super) fn fsync_probe_ms(dir: &Path) -> Option<f64> {
+    use std::io::Write as _;
+    let path = dir.join(format!("fsync-probe-{}", rand_u32()));
+    let mut f = std::fs::File::create(&path).ok()?;
+    let block = [0u8; 4096];
+    let mut times = Vec::with_capacity(20);
+    for _ in 0..20 {
+        f.write_all(&block).ok()?;
+        let t = Instant::now();
+        f.sync_data().ok()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied()
+}
+
+/// CPU time (user + system) a process used so far, in seconds.
+pub(super) fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ")".
+    let rest = text.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_sec())
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// What the gateway the bench starts is configured with.
+pub(super) struct GwSetup<'a> {
+    pub(super) fcm_port: u16,
+    pub(super) sender_id: &'a str,
+    pub(super) server_key: &'a str,
+    pub(super) ca_file: &'a Path,
+    pub(super) links: usize,
+    pub(super) sessions: &'a [(String, String)],
+    pub(super) store: &'a Path,
+    pub(super) max_unacked: Option<usize>,
+    /// Retry after 100 ms doubling up to 1 s (FCM is down on purpose).
+    pub(super) retry_fast: bool,
+}
+
+/// The gateway's configuration: the BAL and admin listeners on
+/// `127.0.0.1:0`, everything not named here at its default.
+pub(super) fn gateway_config(g: &GwSetup<'_>) -> Result<Config> {
+    let mut cfg = Config::default();
+    cfg.fcm.host = "127.0.0.1".into();
+    cfg.fcm.port = g.fcm_port;
+    cfg.fcm.sender_id = g.sender_id.into();
+    cfg.fcm.server_key = Secret::new(g.server_key);
+    cfg.fcm.ca_file = Some(g.ca_file.to_path_buf());
+    cfg.fcm.connections = g.links;
+    if g.retry_fast {
+        cfg.retry.initial_ms = 100;
+        cfg.retry.max_ms = 1000;
+    }
+    cfg.bal.listen = "127.0.0.1:0".into();
+    if let Some(m) = g.max_unacked {
+        cfg.bal.max_unacked = m;
+    }
+    cfg.bal.sessions = g
+        .sessions
+        .iter()
+        .map(|(id, t)| SessionConfig {
+            session_id: id.clone(),
+            token: Secret::new(t.as_str()),
+        })
+        .collect();
+    cfg.store.path = g.store.to_path_buf();
+    cfg.admin.listen = "127.0.0.1:0".into();
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Writes `cfg` as TOML to `path` (it holds the secrets: a file for the
+/// child, never the output).
+pub(super) fn write_config(cfg: &Config, path: &Path) -> Result<()> {
+    let text = toml::to_string(cfg).context("writing the gateway config as TOML")?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(serde::Deserialize)]
+struct Ports {
+    bal: SocketAddr,
+}
+
+/// Starts `gimmm serve --config FILE --ports-file ...` and waits for its
+/// BAL address. Its log level is `$GIMMM_BENCH_GATEWAY_LOG`, else
+/// `default_log`; its log goes to the bench's stderr.
+pub(super) async fn spawn_gateway(config: &Path, default_log: &str) -> Result<(Gw, SocketAddr)> {
+    let exe = std::env::current_exe().context("locating the gimmm binary")?;
+    let ports_file = ports_file_for(config);
+    match std::fs::remove_file(&ports_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", ports_file.display())),
+    }
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--ports-file")
+        .arg(&ports_file)
+        .env(
+            "RUST_LOG",
+            std::env::var("GIMMM_BENCH_GATEWAY_LOG").unwrap_or_else(|_| default_log.into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the gateway child process")?;
+    let pid = child.id().context("gateway child has no pid")?;
+    // A readiness wait on a file written once (temp + rename), with a
+    // deadline and an early exit when the child dies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        if let Ok(bytes) = std::fs::read(&ports_file) {
+            let p: Ports = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", ports_file.display()))?;
+            break p.bal;
+        }
+        let exited = child.try_wait().context("waiting for the gateway child")?;
+        if exited.is_some() || Instant::now() >= deadline {
+            let _ = child.kill().await;
+            bail!("the gateway child did not report its BAL address (see its log above)");
+        }
+        tokio::time::sleep(PORTS_POLL).await;
+    };
+    Ok((Gw::Child { child, pid }, addr))
+}
+
+fn ports_file_for(config: &Path) -> PathBuf {
+    let mut p = config.as_os_str().to_owned();
+    p.push(".ports.json");
+    PathBuf::from(p)
+}
+
+/// A loopback port reserved for an emulator that starts later: bound, never
+/// listening, so connecting to it is refused (FCM down) and nothing else can
+/// take it until [`PortReservation::release`].
+pub(super) struct PortReservation {
+    socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl PortReservation {
+    pub(super) fn new() -> Result<PortReservation> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(PortReservation { socket, port })
+    }
+
+    pub(super) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Frees the port, for the emulator to bind it at once.
+    pub(super) fn release(self) -> u16 {
+        drop(self.socket);
+        self.port
+    }
+}

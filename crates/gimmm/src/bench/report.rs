@@ -1,0 +1,236 @@
+//! The results of `gimmm bench` (SPEC §7): latency histograms in
+//! milliseconds, emulator counters over the run, and the load mode's
+//! printed report and JSON (`messages`, `elapsed_secs`,
+//! `throughput_msgs_per_sec`, `latency_ms`, `gateway_peak_rss_bytes`,
+//! `lost`, `duplicated`, ...).
+
+use super::plan::Plan;
+use super::BenchArgs;
+use hdrhistogram::Histogram;
+
+pub(super) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+pub(super) fn lat_json(h: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "count": h.len(),
+        "p50": ms(h, 0.5),
+        "p90": ms(h, 0.9),
+        "p99": ms(h, 0.99),
+        "p999": ms(h, 0.999),
+        "max": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+        "mean": h.mean() / 1000.0,
+    })
+}
+
+pub(super) fn mib(b: Option<u64>) -> String {
+    match b {
+        Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        None => "n/a".into(),
+    }
+}
+
+/// Emulator counters that moved during the run.
+#[derive(Default, Clone, Copy)]
+pub(super) struct EmuDelta {
+    pub(super) downstream_received: u64,
+    pub(super) acks_sent: u64,
+    pub(super) nacks_sent: u64,
+    pub(super) duplicates: u64,
+    pub(super) upstream_acked: u64,
+    pub(super) upstream_resent: u64,
+    pub(super) receipts_acked: u64,
+    pub(super) window_violations: u64,
+    pub(super) pending_high_water: u64,
+}
+
+pub(super) fn emu_delta(
+    before: &Option<emulator::Stats>,
+    after: &Option<emulator::Stats>,
+) -> Option<EmuDelta> {
+    let a = after.as_ref()?;
+    let zero = emulator::Stats::default();
+    let b = before.as_ref().unwrap_or(&zero);
+    Some(EmuDelta {
+        downstream_received: a.downstream_received
+            - b.downstream_received.min(a.downstream_received),
+        acks_sent: a.acks_sent.saturating_sub(b.acks_sent),
+        nacks_sent: a.nacks_sent.saturating_sub(b.nacks_sent),
+        duplicates: a.duplicates.saturating_sub(b.duplicates),
+        upstream_acked: a.upstream_acked.saturating_sub(b.upstream_acked),
+        upstream_resent: a.upstream_resent.saturating_sub(b.upstream_resent),
+        receipts_acked: a.receipts_acked.saturating_sub(b.receipts_acked),
+        window_violations: a.window_violations.saturating_sub(b.window_violations),
+        pending_high_water: a.max_pending_high_water(),
+    })
+}
+
+/// Everything the load mode reports.
+pub(super) struct LoadReport<'a> {
+    pub(super) a: &'a BenchArgs,
+    pub(super) plan: &'a Plan,
+    pub(super) elapsed: f64,
+    pub(super) fsync_ms: Option<f64>,
+    pub(super) throughput: f64,
+    pub(super) down: &'a Histogram<u64>,
+    pub(super) up: &'a Histogram<u64>,
+    pub(super) lag: &'a Histogram<u64>,
+    pub(super) peak_rss: Option<u64>,
+    pub(super) rss_sampled: Option<u64>,
+    pub(super) rss_scope: &'static str,
+    pub(super) gw_cpu: Option<f64>,
+    pub(super) bench_cpu: Option<f64>,
+    /// The gateway is a process of its own (child or external).
+    pub(super) gw_pid_known: bool,
+    pub(super) lost: u64,
+    pub(super) duplicated: u64,
+    pub(super) rejected: u64,
+    pub(super) protocol_errors: u64,
+    pub(super) accepted: u64,
+    pub(super) delta: Option<EmuDelta>,
+}
+
+/// Prints the load mode's report; returns its JSON.
+pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
+    let LoadReport {
+        a,
+        plan: p,
+        elapsed,
+        fsync_ms,
+        throughput,
+        down,
+        up,
+        lag,
+        peak_rss,
+        rss_sampled,
+        rss_scope,
+        gw_cpu,
+        bench_cpu,
+        gw_pid_known,
+        lost,
+        duplicated,
+        rejected,
+        protocol_errors,
+        accepted,
+        delta,
+    } = r;
+    let rate = if a.rate > 0.0 {
+        format!("{} msg/s offered", a.rate)
+    } else {
+        "max".into()
+    };
+
+    println!(
+        "gimmm bench: {} messages ({} downstream, {} upstream{}), {} link(s), {} session(s), rate {rate}{}",
+        p.n,
+        p.downstream,
+        p.upstream,
+        if p.receipts { format!(", {} receipts", p.downstream) } else { String::new() },
+        a.links,
+        a.sessions,
+        if a.ack_delay_ms > 0 { format!(", ack delay {} ms", a.ack_delay_ms) } else { String::new() },
+    );
+    println!("  elapsed          {elapsed:.3} s");
+    if let Some(f) = fsync_ms {
+        println!("  store fsync      {f:.3} ms (median fdatasync in the store directory, measured before the run)");
+    }
+    println!("  throughput       {throughput:.0} msg/s");
+    println!(
+        "  latency (ms)     p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}   (BAL send -> DOWNSTREAM_ACK, {} samples)",
+        ms(down, 0.5),
+        ms(down, 0.9),
+        ms(down, 0.99),
+        ms(down, 0.999),
+        down.max() as f64 / 1000.0,
+        down.len()
+    );
+    if p.upstream > 0 {
+        println!(
+            "  upstream (ms)    p50 {:.3}  p99 {:.3}  p99.9 {:.3}   (send_upstream -> UPSTREAM at the BAL)",
+            ms(up, 0.5),
+            ms(up, 0.99),
+            ms(up, 0.999)
+        );
+    }
+    if a.rate > 0.0 {
+        println!(
+            "  sender lag (ms)  p99 {:.3}  max {:.3}   (bench behind its own timeline)",
+            ms(lag, 0.99),
+            lag.max() as f64 / 1000.0
+        );
+    }
+    println!(
+        "  gateway peak RSS {} (VmHWM; {rss_scope}), highest sampled VmRSS {}",
+        mib(peak_rss),
+        mib(rss_sampled)
+    );
+    let per_msg = |c: Option<f64>| {
+        c.map_or("n/a".to_string(), |c| {
+            format!("{:.1} µs/msg ({c:.2} s)", c * 1e6 / p.n as f64)
+        })
+    };
+    println!(
+        "  CPU              gateway {}, {} {}",
+        per_msg(gw_cpu),
+        if gw_pid_known {
+            "bench + emulator"
+        } else {
+            "whole process"
+        },
+        per_msg(bench_cpu)
+    );
+    println!(
+        "  lost {lost}, duplicated {duplicated}, rejected {rejected}, protocol errors {}",
+        protocol_errors
+    );
+    if let Some(d) = &delta {
+        println!(
+            "  emulator         received {} acked {} nacked {} duplicates {} upstream acked {} (resent {}) receipts acked {} window violations {} pending high-water {}",
+            d.downstream_received, d.acks_sent, d.nacks_sent, d.duplicates, d.upstream_acked, d.upstream_resent, d.receipts_acked, d.window_violations, d.pending_high_water
+        );
+    }
+    serde_json::json!({
+        "mode": "load",
+        "messages": p.n,
+        "downstream": p.downstream,
+        "upstream": p.upstream,
+        "receipts": if p.receipts { p.downstream } else { 0 },
+        "links": a.links,
+        "sessions": a.sessions,
+        "rate": a.rate,
+        "ack_delay_ms": a.ack_delay_ms,
+        "grouped_fraction": p.group_fraction,
+        "elapsed_secs": elapsed,
+        "throughput_msgs_per_sec": throughput,
+        "latency_ms": lat_json(down),
+        "upstream_latency_ms": lat_json(up),
+        "sender_lag_ms": lat_json(lag),
+        "gateway_peak_rss_bytes": peak_rss,
+        "gateway_max_sampled_rss_bytes": rss_sampled,
+        "rss_scope": rss_scope,
+        "store_fsync_ms": fsync_ms,
+        "gateway_cpu_secs": gw_cpu,
+        "bench_process_cpu_secs": bench_cpu,
+        "gateway_cpu_us_per_msg": gw_cpu.map(|c| c * 1e6 / p.n as f64),
+        "lost": lost,
+        "duplicated": duplicated,
+        "rejected": rejected,
+        "protocol_errors": protocol_errors,
+        "accepted": accepted,
+        "emulator": delta.map(|d| serde_json::json!({
+            "downstream_received": d.downstream_received,
+            "acks_sent": d.acks_sent,
+            "nacks_sent": d.nacks_sent,
+            "duplicates": d.duplicates,
+            "upstream_acked": d.upstream_acked,
+            "upstream_resent": d.upstream_resent,
+            "receipts_acked": d.receipts_acked,
+            "window_violations": d.window_violations,
+            "pending_high_water": d.pending_high_water,
+        })),
+    })
+}
