@@ -76,6 +76,7 @@ mod http;
 mod state;
 mod stats;
 mod tls;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
