@@ -16,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,9 +24,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    HeaderMap, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -121,13 +122,16 @@ async fn serve_conn(sh: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, acceptor:
             _ = ctx.goaway.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
-                // Without ALPN the protocol is only known after detection;
-                // such clients are counted as HTTP/2 when they sent its preface.
-                sh.goaway_started(ctx.id, alpn != "http/1.1");
+                sh.goaway_started(ctx.id, !ctx.http1.load(Ordering::Relaxed));
             }
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     trace!(conn = ctx.id, error = %e, "v1 emulator: connection ended with an error");
+                }
+                if ctx.goaway.is_cancelled() && !shutting_down {
+                    // An HTTP/1.1 answer carried `Connection: close` and the
+                    // connection ended before the shutdown branch ran.
+                    sh.goaway_started(ctx.id, !ctx.http1.load(Ordering::Relaxed));
                 }
                 break;
             }
@@ -170,6 +174,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// [`Route`] once the request's borrow has ended.
+enum Routed {
+    Token,
+    /// `Some(project)` when the path names another project.
+    Send(Option<String>),
+    NotFound,
+}
+
 enum Route<'a> {
     Token,
     Send(&'a str),
@@ -210,9 +222,21 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 async fn handle(sh: Arc<Shared>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
     let view = sh.view();
-    let path = req.uri().path().to_owned();
-    let route = route(req.method(), &path);
-    let send = matches!(route, Route::Send(_));
+    // Resolve the route while the request is borrowed; only a foreign
+    // project name is kept (for its 403 message).
+    let route = match route(req.method(), req.uri().path()) {
+        Route::Token => Routed::Token,
+        Route::NotFound => Routed::NotFound,
+        Route::Send(p) if p == sh.fixed.project_id || p == sh.fixed.project_number => {
+            Routed::Send(None)
+        }
+        Route::Send(p) => Routed::Send(Some(p.to_owned())),
+    };
+    let send = matches!(route, Routed::Send(_));
+    let http1 = req.version() < Version::HTTP_2;
+    if http1 {
+        conn.http1.store(true, Ordering::Relaxed);
+    }
     let guard = InFlight {
         sh: &sh,
         conn: conn.id,
@@ -225,14 +249,21 @@ async fn handle(sh: Arc<Shared>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> 
         drop(guard);
         return response(503, JSON, Vec::new());
     }
-    match route {
-        Route::Token => token(&sh, req, guard).await,
-        Route::Send(project) => send_message(&sh, req, project, &view, guard).await,
-        Route::NotFound => {
+    let mut resp = match route {
+        Routed::Token => token(&sh, req, guard).await,
+        Routed::Send(foreign) => send_message(&sh, req, foreign, &view, guard).await,
+        Routed::NotFound => {
             guard.not_found();
             response(404, HTML, html_error_page(404))
         }
+    };
+    if http1 && conn.goaway.is_cancelled() {
+        // The graceful shutdown may only reach hyper after this answer is
+        // written; say so in the answer itself, as a well-behaved server does.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
 }
 
 enum BodyError {
@@ -388,7 +419,7 @@ enum Outcome {
 async fn send_message(
     sh: &Shared,
     req: Request<Incoming>,
-    project: &str,
+    foreign_project: Option<String>,
     view: &View,
     guard: InFlight<'_>,
 ) -> Response<Body> {
@@ -407,7 +438,7 @@ async fn send_message(
     let outcome = if token_state != Some(TokenState::Valid) {
         answer.unauthenticated = true;
         Outcome::Error(unauthenticated(token_state))
-    } else if project != sh.fixed.project_id && project != sh.fixed.project_number {
+    } else if let Some(project) = foreign_project {
         answer.permission_denied = true;
         Outcome::Error(
             ApiError::plain(

@@ -57,6 +57,8 @@ pub(crate) struct ConnCtx {
     pub(crate) goaway: CancellationToken,
     /// Cancelled by the serving task once the connection is gone.
     pub(crate) closed: CancellationToken,
+    /// Speaks HTTP/1.x (known from ALPN, or from its first request).
+    pub(crate) http1: std::sync::atomic::AtomicBool,
 }
 
 /// A fixed one-minute window.
@@ -356,6 +358,7 @@ impl Shared {
             kill: self.root.child_token(),
             goaway: CancellationToken::new(),
             closed: CancellationToken::new(),
+            http1: std::sync::atomic::AtomicBool::new(alpn == "http/1.1"),
         });
         st.c.connections_opened += 1;
         st.conns.push(V1ConnStats {
