@@ -482,10 +482,7 @@ async fn send_message(
                             .and_then(|(m, t)| validate::key_of(m, t));
                     }
                     let mut result = checked.result;
-                    let token = match checked.target {
-                        Some(Target::Token(t)) => Some(t),
-                        _ => None,
-                    };
+                    let token = checked.target.as_ref().and_then(Target::device);
                     if let (Ok(()), Some(t)) = (&result, token) {
                         if t.starts_with("unregistered") || sh.is_marked_unregistered(t) {
                             result = Err(ApiError::fcm(

@@ -17,7 +17,9 @@
 //!    `INVALID_ARGUMENT` whose `BadRequest` lists every violation, with no
 //!    FcmError.
 //! 2. **FCM's own checks** (400 `INVALID_ARGUMENT` with an FcmError): a
-//!    target is set; reserved `data` keys ([`fcm::is_reserved_data_key`]);
+//!    target is set (`token`, `topic`, `condition`, or `fid`, the Firebase
+//!    installation ID of newer API revisions and Admin SDKs, which follows
+//!    the token rules); reserved `data` keys ([`fcm::is_reserved_data_key`]);
 //!    the payload limit (4096 bytes, 2048 for topic and condition messages,
 //!    counted over `data` (or `android.data` when set) and `notification`,
 //!    key bytes plus value bytes); `android.ttl` within 0..=2419200 s
@@ -260,6 +262,8 @@ static MESSAGE: MsgDef = MsgDef {
         target("token"),
         target("topic"),
         target("condition"),
+        // Newer API revisions: a Firebase installation ID instead of a token.
+        target("fid"),
     ],
 };
 
@@ -628,20 +632,32 @@ fn timestamp_is_valid(s: &str) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Target<'a> {
     Token(&'a str),
+    /// A Firebase installation ID (same registry rules as a token).
+    Fid(&'a str),
     /// Topic name as given (a `/topics/` prefix is tolerated).
     Topic(&'a str),
     Condition(&'a str),
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
     fn is_topic_like(&self) -> bool {
-        !matches!(self, Target::Token(_))
+        matches!(self, Target::Topic(_) | Target::Condition(_))
+    }
+
+    /// The device id (token or FID), when the target is one device.
+    pub(crate) fn device(&self) -> Option<&'a str> {
+        match self {
+            Target::Token(t) | Target::Fid(t) => Some(t),
+            _ => None,
+        }
     }
 }
 
 fn target_of(msg: &Map<String, Value>) -> Option<Target<'_>> {
     if let Some(t) = get_str(msg, "token") {
         Some(Target::Token(t))
+    } else if let Some(t) = get_str(msg, "fid") {
+        Some(Target::Fid(t))
     } else if let Some(t) = get_str(msg, "topic") {
         Some(Target::Topic(t))
     } else {
@@ -734,7 +750,7 @@ fn check_message(
                 ));
             }
         }
-        Target::Token(_) => {}
+        Target::Token(_) | Target::Fid(_) => {}
     }
 
     let data = get_obj(msg, "data");
@@ -805,7 +821,7 @@ fn check_message(
         }
     }
 
-    if let Target::Token(t) = target {
+    if let Some(t) = target.device() {
         if !fcm::token_is_well_formed(t) {
             let mut e = ApiError::fcm(V1ErrorCode::InvalidArgument, INVALID_TOKEN_MESSAGE);
             if legacy_token_violation {
@@ -948,8 +964,8 @@ fn hash_map_canonical(h: &mut Fnv, m: Option<&Map<String, Value>>) {
 }
 
 /// The key under which the emulator counts a message in
-/// [`super::V1Stats::messages`]: its target (`token:<t>`, `topic:<name>`
-/// without a `/topics/` prefix, or `condition:<c>`), `#`, and 16 hex digits
+/// [`super::V1Stats::messages`]: its target (`token:<t>`, `fid:<id>`,
+/// `topic:<name>` without a `/topics/` prefix, or `condition:<c>`), `#`, and 16 hex digits
 /// of a hash over its `data` and `notification` objects (key order and JSON
 /// formatting do not matter). `message` is the `message` object of the
 /// request; `None` when it is not an object or has no target.
@@ -964,6 +980,7 @@ pub(crate) fn key_of(m: &Map<String, Value>, target: Target<'_>) -> Option<Strin
     hash_map_canonical(&mut h, get_obj(m, "notification"));
     let (kind, t) = match target {
         Target::Token(t) => ("token", t),
+        Target::Fid(t) => ("fid", t),
         Target::Topic(t) => ("topic", t.strip_prefix(fcm::TOPIC_PREFIX).unwrap_or(t)),
         Target::Condition(c) => ("condition", c),
     };
@@ -1121,6 +1138,9 @@ mod tests {
         parse_err(json!({"message":{"topic":"a","condition":"'a' in topics"}}));
         check(json!({"message":{"topic":"news"}})).unwrap();
         check(json!({"message":{"topic":"/topics/news"}})).unwrap();
+        check(json!({"message":{"fid":"cTGq8wKaTnCJ0bhtJ1XyWp"}})).unwrap();
+        parse_err(json!({"message":{"fid":"a","token":TOK}}));
+        fcm_err(json!({"message":{"fid":"not valid!"}}));
         fcm_err(json!({"message":{"topic":"bad topic"}}));
         check(
             json!({"message":{"condition":"'a' in topics && ('b' in topics || !('c' in topics))"}}),
