@@ -18,6 +18,13 @@ async fn service_account_key_file_is_written_and_private() {
     let dir = tempfile::tempdir().unwrap();
     let sa_path = dir.path().join("sa.json");
     let ca_path = dir.path().join("ca.pem");
+    // An old, world-readable file is replaced and tightened.
+    std::fs::write(&sa_path, "old").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sa_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let emu = start_with(V1Config {
         project_id: "my-proj".into(),
         service_account_out: Some(sa_path.clone()),

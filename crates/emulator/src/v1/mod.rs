@@ -280,6 +280,14 @@ async fn write_file(
     #[cfg(not(unix))]
     let _ = private;
     let mut f = opts.open(path).await.map_err(err)?;
+    #[cfg(unix)]
+    if private {
+        // `mode` only applies when the file is created: tighten an old one.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(err)?;
+    }
     tokio::io::AsyncWriteExt::write_all(&mut f, contents.as_bytes())
         .await
         .map_err(err)?;
