@@ -1,6 +1,23 @@
-//! A faithful stand-in for Firebase Cloud Messaging's XMPP Connection Server
-//! (CCS), which Google shut down in 2024. It is the target of every gimmm test
-//! and the load source of every benchmark (SPEC §5).
+//! Faithful stand-ins for Firebase Cloud Messaging, the targets of gimmm's
+//! tests and the load sources of its benchmarks:
+//!
+//! | API | emulator | configuration | SPEC |
+//! |---|---|---|---|
+//! | XMPP Connection Server (CCS), shut down by Google in 2024 | [`Emulator`] | [`EmulatorConfig`], [`Faults`], [`Stats`] | §5 |
+//! | FCM HTTP v1 (`projects.messages.send` + OAuth 2 token endpoint) | [`v1::V1Emulator`] | [`v1::V1Config`], [`v1::V1Faults`], [`v1::V1Stats`] | §9 |
+//!
+//! The **HTTP v1 emulator** ([`v1`]) serves Google's HTTP v1 API over TLS
+//! (ALPN `h2` and `http/1.1`, certificate from the same throw-away CA as
+//! below): it generates a service-account key whose `token_uri` is its own
+//! `POST /token` (a JWT-bearer grant checked like Google's), answers
+//! `POST /v1/projects/{P}/messages:send` with Google's validation, token
+//! registry and `google.rpc.Status` error bodies, injects faults (latency,
+//! error codes with `Retry-After`, quotas, GOAWAY, drops, short-lived
+//! tokens, a failing token endpoint, the concurrent-stream limit) and counts
+//! everything, with its own plain-HTTP stats endpoint. See [`v1`].
+//!
+//! The rest of this page is the **CCS emulator**, a faithful stand-in for
+//! Firebase Cloud Messaging's XMPP Connection Server (SPEC §5).
 //!
 //! What is emulated (seed documents in `shared/seeds/`):
 //!
@@ -76,6 +93,7 @@ mod http;
 mod state;
 mod stats;
 mod tls;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -39,8 +39,8 @@ enum LogFormat {
 enum Command {
     /// Run the gateway daemon (with no --config: embedded defaults and the in-process emulator).
     Serve(ServeArgs),
-    /// Run the CCS emulator alone (a stand-in for fcm-xmpp.googleapis.com).
-    Emulator(EmulatorArgs),
+    /// Run an FCM emulator alone: CCS (XMPP, default) or the HTTP v1 API (--api http-v1).
+    Emulator(Box<EmulatorArgs>),
     /// Send one downstream message as a BAL and, with --wait, print its final result.
     Send(clients::SendArgs),
     /// Log on as a BAL and print every message gimmm sends, ACKing each one.
@@ -67,28 +67,50 @@ struct ServeArgs {
     ports_file: Option<PathBuf>,
 }
 
+/// Which FCM API `gimmm emulator` speaks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum EmulatorApi {
+    /// The XMPP Connection Server (CCS).
+    Xmpp,
+    /// The FCM HTTP v1 API (projects.messages.send plus an OAuth 2 token endpoint).
+    #[value(name = "http-v1")]
+    HttpV1,
+}
+
 #[derive(Args, Debug)]
 struct EmulatorArgs {
-    /// Address of the XMPP (direct TLS) listener.
-    #[arg(long, default_value = emulator::DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Sender id accepted in SASL PLAIN (`<sender_id>@fcm.googleapis.com`).
+    /// Which FCM API to emulate.
+    #[arg(long, value_enum, default_value_t = EmulatorApi::Xmpp)]
+    api: EmulatorApi,
+    /// Listen address [default: 127.0.0.1:5236 for xmpp, 127.0.0.1:5238 for http-v1].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Sender id accepted in SASL PLAIN (`<sender_id>@fcm.googleapis.com`) (xmpp).
     #[arg(long, default_value = emulator::DEFAULT_SENDER_ID)]
     sender_id: String,
-    /// Server key accepted as the SASL PLAIN password.
+    /// Server key accepted as the SASL PLAIN password (xmpp).
     #[arg(long, default_value = emulator::DEFAULT_SERVER_KEY)]
     server_key: String,
     /// Where to write the CA certificate clients must trust (PEM).
     #[arg(long, default_value = emulator::DEFAULT_CA_OUT)]
     ca_out: PathBuf,
-    /// Address of the HTTP/JSON stats endpoint (GET /stats).
-    #[arg(long, default_value = emulator::DEFAULT_STATS_LISTEN)]
-    stats_listen: SocketAddr,
-    /// Category of the delivery receipts it sends.
+    /// Address of the HTTP/JSON stats endpoint (GET /stats)
+    /// [default: 127.0.0.1:5237 for xmpp, 127.0.0.1:5239 for http-v1].
+    #[arg(long)]
+    stats_listen: Option<SocketAddr>,
+    /// Category of the delivery receipts it sends (xmpp).
     #[arg(long, default_value = emulator::DEFAULT_RECEIPT_CATEGORY)]
     receipt_category: String,
+    /// Project id served at /v1/projects/{id}/messages:send (http-v1).
+    #[arg(long, default_value = emulator::v1::V1_DEFAULT_PROJECT_ID)]
+    project_id: String,
+    /// Where to write the generated service-account JSON key (http-v1; holds a private key).
+    #[arg(long, default_value = emulator::v1::V1_DEFAULT_SERVICE_ACCOUNT_OUT)]
+    service_account_out: PathBuf,
     #[command(flatten)]
     faults: FaultArgs,
+    #[command(flatten)]
+    v1_faults: V1FaultArgs,
 }
 
 /// Fault injection knobs of the emulator.
@@ -146,6 +168,151 @@ impl FaultArgs {
     }
 }
 
+/// Fault injection knobs of the HTTP v1 emulator (`--api http-v1`; `--drop-after`
+/// is shared with the CCS emulator's knobs).
+#[derive(Args, Debug, Clone, Default)]
+struct V1FaultArgs {
+    /// Delay every send answer by this many milliseconds (http-v1).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Answer this fraction (0.0..=1.0) of valid sends with --error-code (http-v1).
+    #[arg(long, default_value_t = 0.0)]
+    error_fraction: f64,
+    /// errorCode of those answers: UNAVAILABLE, INTERNAL, QUOTA_EXCEEDED, ... (http-v1).
+    #[arg(long, default_value = "UNAVAILABLE")]
+    error_code: String,
+    /// Retry-After (seconds) on those answers (http-v1).
+    #[arg(long)]
+    retry_after_secs: Option<u64>,
+    /// Answer this fraction of valid sends with a bare 502/504 and an HTML body (http-v1).
+    #[arg(long, default_value_t = 0.0)]
+    gateway_error_fraction: f64,
+    /// Status of those answers: 502 or 504 (http-v1).
+    #[arg(long, default_value_t = 502)]
+    gateway_error_status: u16,
+    /// Project quota: sends per minute before 429 QUOTA_EXCEEDED (http-v1).
+    #[arg(long)]
+    quota_per_minute: Option<u64>,
+    /// Per-device rate: sends per minute to one token before 429 QUOTA_EXCEEDED (http-v1).
+    #[arg(long)]
+    device_rate_per_minute: Option<u64>,
+    /// Send GOAWAY after this many requests on a connection (http-v1).
+    #[arg(long)]
+    goaway_after: Option<u64>,
+    /// Lifetime (seconds) of the access tokens it issues (http-v1; default 3600).
+    #[arg(long)]
+    token_lifetime_secs: Option<u64>,
+    /// Make the token endpoint answer this status: 500 or 400 (http-v1).
+    #[arg(long)]
+    token_endpoint_error: Option<u16>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised on HTTP/2 connections (http-v1; default 100).
+    #[arg(long)]
+    max_concurrent_streams: Option<u32>,
+    /// Add the older field violation on message.token to invalid-token answers (http-v1).
+    #[arg(long)]
+    legacy_token_violation: bool,
+}
+
+impl V1FaultArgs {
+    fn to_faults(&self, drop_after: Option<u64>) -> Result<emulator::v1::V1Faults> {
+        let error_code = emulator::v1::V1ErrorCode::parse(&self.error_code).with_context(|| {
+            format!("--error-code {}: not an FCM v1 errorCode", self.error_code)
+        })?;
+        let f = emulator::v1::V1Faults {
+            latency: Duration::from_millis(self.latency_ms),
+            error_fraction: self.error_fraction,
+            error_code: Some(error_code),
+            retry_after_secs: self.retry_after_secs,
+            gateway_error_fraction: self.gateway_error_fraction,
+            gateway_error_status: Some(self.gateway_error_status),
+            quota_per_minute: self.quota_per_minute,
+            device_rate_per_minute: self.device_rate_per_minute,
+            goaway_after: self.goaway_after,
+            drop_after,
+            token_lifetime_secs: self.token_lifetime_secs,
+            token_endpoint_error: self.token_endpoint_error,
+            max_concurrent_streams: self.max_concurrent_streams,
+            legacy_token_violation: self.legacy_token_violation,
+        };
+        if let Err(e) = f.check() {
+            bail!("{e}");
+        }
+        Ok(f)
+    }
+
+    /// The flags set away from their defaults (refused with `--api xmpp`).
+    fn set_flags(&self) -> Vec<&'static str> {
+        let d = V1FaultArgs {
+            error_code: "UNAVAILABLE".into(),
+            gateway_error_status: 502,
+            ..V1FaultArgs::default()
+        };
+        let mut out = Vec::new();
+        let mut check = |set: bool, name| {
+            if set {
+                out.push(name);
+            }
+        };
+        check(self.latency_ms != d.latency_ms, "--latency-ms");
+        check(self.error_fraction != d.error_fraction, "--error-fraction");
+        check(
+            !self.error_code.eq_ignore_ascii_case(&d.error_code),
+            "--error-code",
+        );
+        check(self.retry_after_secs.is_some(), "--retry-after-secs");
+        check(
+            self.gateway_error_fraction != 0.0,
+            "--gateway-error-fraction",
+        );
+        check(
+            self.gateway_error_status != d.gateway_error_status,
+            "--gateway-error-status",
+        );
+        check(self.quota_per_minute.is_some(), "--quota-per-minute");
+        check(
+            self.device_rate_per_minute.is_some(),
+            "--device-rate-per-minute",
+        );
+        check(self.goaway_after.is_some(), "--goaway-after");
+        check(self.token_lifetime_secs.is_some(), "--token-lifetime-secs");
+        check(
+            self.token_endpoint_error.is_some(),
+            "--token-endpoint-error",
+        );
+        check(
+            self.max_concurrent_streams.is_some(),
+            "--max-concurrent-streams",
+        );
+        check(self.legacy_token_violation, "--legacy-token-violation");
+        out
+    }
+}
+
+impl FaultArgs {
+    /// The CCS-only flags set away from their defaults (refused with `--api http-v1`).
+    fn ccs_only_flags(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |set: bool, name| {
+            if set {
+                out.push(name);
+            }
+        };
+        check(self.nack_fraction != 0.0, "--nack-fraction");
+        check(
+            !self.nack_code.eq_ignore_ascii_case("SERVICE_UNAVAILABLE"),
+            "--nack-code",
+        );
+        check(self.ack_delay_ms != 0, "--ack-delay-ms");
+        check(self.drain_after.is_some(), "--drain-after");
+        check(self.drain_every_ms.is_some(), "--drain-every-ms");
+        check(self.chunk_size.is_some(), "--chunk-size");
+        check(self.prefixed, "--prefixed");
+        check(self.keepalive_ms.is_some(), "--keepalive-ms");
+        check(self.receipt_delay_ms != 0, "--receipt-delay-ms");
+        out
+    }
+}
+
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -182,7 +349,7 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async move {
         match cli.cmd {
             Command::Serve(a) => serve(a).await.map(|_| 0),
-            Command::Emulator(a) => run_emulator(a).await.map(|_| 0),
+            Command::Emulator(a) => run_emulator(*a).await.map(|_| 0),
             Command::Send(a) => clients::send(a).await,
             Command::Listen(a) => clients::listen(a).await.map(|_| 0),
             Command::Bench(a) => bench::run(a).await.map(|_| 0),
@@ -322,23 +489,70 @@ fn write_ports_file(
 
 async fn run_emulator(a: EmulatorArgs) -> Result<()> {
     let stop = terminate();
-    let cfg = emulator::EmulatorConfig {
-        listen: a.listen,
-        sender_id: a.sender_id,
-        server_key: a.server_key,
-        stats_listen: Some(a.stats_listen),
-        ca_out: Some(a.ca_out),
-        faults: a.faults.to_faults()?,
-        receipt_category: a.receipt_category,
-        ..emulator::EmulatorConfig::default()
-    };
-    let e = emulator::Emulator::start(cfg)
-        .await
-        .context("starting the emulator")?;
-    for line in e.describe() {
-        println!("{line}");
+    match a.api {
+        EmulatorApi::Xmpp => {
+            let v1_only = a.v1_faults.set_flags();
+            if !v1_only.is_empty() {
+                bail!("{} only apply to --api http-v1", v1_only.join(", "));
+            }
+            let cfg = emulator::EmulatorConfig {
+                listen: a
+                    .listen
+                    .unwrap_or_else(|| addr_or_loopback(emulator::DEFAULT_LISTEN)),
+                sender_id: a.sender_id,
+                server_key: a.server_key,
+                stats_listen: Some(
+                    a.stats_listen
+                        .unwrap_or_else(|| addr_or_loopback(emulator::DEFAULT_STATS_LISTEN)),
+                ),
+                ca_out: Some(a.ca_out),
+                faults: a.faults.to_faults()?,
+                receipt_category: a.receipt_category,
+                ..emulator::EmulatorConfig::default()
+            };
+            let e = emulator::Emulator::start(cfg)
+                .await
+                .context("starting the emulator")?;
+            for line in e.describe() {
+                println!("{line}");
+            }
+            stop.await;
+            e.shutdown().await;
+        }
+        EmulatorApi::HttpV1 => {
+            let ccs_only = a.faults.ccs_only_flags();
+            if !ccs_only.is_empty() {
+                bail!("{} only apply to --api xmpp", ccs_only.join(", "));
+            }
+            let cfg = emulator::v1::V1Config {
+                listen: a
+                    .listen
+                    .unwrap_or_else(|| addr_or_loopback(emulator::v1::V1_DEFAULT_LISTEN)),
+                project_id: a.project_id,
+                service_account_out: Some(a.service_account_out),
+                ca_out: Some(a.ca_out),
+                stats_listen: Some(
+                    a.stats_listen
+                        .unwrap_or_else(|| addr_or_loopback(emulator::v1::V1_DEFAULT_STATS_LISTEN)),
+                ),
+                faults: a.v1_faults.to_faults(a.faults.drop_after)?,
+                ..emulator::v1::V1Config::default()
+            };
+            let e = emulator::v1::V1Emulator::start(cfg)
+                .await
+                .context("starting the FCM HTTP v1 emulator")?;
+            for line in e.describe() {
+                println!("{line}");
+            }
+            stop.await;
+            e.shutdown().await;
+        }
     }
-    stop.await;
-    e.shutdown().await;
     Ok(())
+}
+
+/// A default address constant; they all parse.
+fn addr_or_loopback(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
