@@ -268,6 +268,7 @@ fn parse_error_body(v: &Value) -> ErrorBody {
             if e.fcm_error.is_none() {
                 e.fcm_error = get(d, "errorCode", "error_code")
                     .and_then(Value::as_str)
+                    .filter(|c| !c.is_empty())
                     .map(str::to_owned);
             }
         } else if type_is(d, "google.rpc.BadRequest") {
