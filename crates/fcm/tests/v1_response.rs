@@ -481,6 +481,25 @@ fn strange_bodies_never_panic_and_still_classify() {
 }
 
 #[test]
+fn descriptions_are_one_printable_line() {
+    // Found by fuzzing: a Status message with control characters.
+    let body = status_body(
+        400,
+        "INVALID_ARGUMENT",
+        "line one\nline\u{7f} two\r\u{1b}[31m",
+        None,
+    );
+    assert_eq!(
+        classify(400, None, &body).description,
+        "line one line  two  [31m"
+    );
+    let body = serde_json::to_vec(&json!({"error": {"details": [{"@type": BAD_REQUEST,
+        "fieldViolations": [{"field": "f", "description": "a\tb"}]}]}}))
+    .unwrap();
+    assert_eq!(classify(400, None, &body).description, "a b");
+}
+
+#[test]
 fn long_messages_are_cut() {
     let body = status_body(400, "INVALID_ARGUMENT", &"é".repeat(5000), None);
     let f = classify(400, None, &body);

@@ -304,6 +304,15 @@ fn says_bad_token(message: Option<&str>) -> bool {
     })
 }
 
+/// `s` cut to [`MAX_DESCRIPTION_CHARS`], control characters (newlines
+/// included) as spaces: descriptions end up in logs, one line each.
+fn one_line(s: &str) -> String {
+    truncate(s, MAX_DESCRIPTION_CHARS)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// A printable excerpt of a body that is not a Status.
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(400)]);
@@ -362,8 +371,8 @@ fn classify_with(status: u16, after: Option<Duration>, body: &[u8]) -> Failure {
     let parsed = serde_json::from_slice::<Value>(body).ok();
     let e = parsed.as_ref().map(parse_error_body).unwrap_or_default();
     let description = match (&e.message, &e.violation) {
-        (Some(m), _) if !m.is_empty() => truncate(m, MAX_DESCRIPTION_CHARS).to_owned(),
-        (_, Some(v)) if !v.is_empty() => truncate(v, MAX_DESCRIPTION_CHARS).to_owned(),
+        (Some(m), _) if !m.is_empty() => one_line(m),
+        (_, Some(v)) if !v.is_empty() => one_line(v),
         _ if parsed.is_none() && !body.is_empty() => {
             format!("HTTP {status}, body not JSON: {}", excerpt(body))
         }

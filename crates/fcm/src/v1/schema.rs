@@ -242,7 +242,11 @@ impl<'p> Path<'p> {
             p = q.parent;
         }
         keys.reverse();
+        // Keys are the BAL's text: one printable line in descriptions.
         keys.join(".")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
     }
 
     fn wrong_type(&self, kind: Kind, got: &Value) -> Rejection {
@@ -554,6 +558,7 @@ mod tests {
         let b = a.child("notification");
         let c = b.child("channel_id");
         assert_eq!(c.render(), "android.notification.channel_id");
+        assert_eq!(a.child("da\nta").render(), "android.da ta");
         let e = check_given(&c, &json!(1), Kind::Str).unwrap_err();
         assert_eq!(
             e.description,
