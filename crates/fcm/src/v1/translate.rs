@@ -559,7 +559,8 @@ pub fn translate_into(
     }
 
     // Write.
-    out.reserve(256);
+    // Most bodies fit: one allocation.
+    out.reserve(512);
     out.push_str("{\"message\":{");
     let mut first = true;
     push_key(out, &mut first, target.0);
