@@ -586,11 +586,19 @@ pub fn translate_into(
     }
     if notif.title.is_some() || notif.body.is_some() || notif.image.is_some() {
         push_key(out, &mut first, "notification");
-        let mut n = Vec::with_capacity(3);
-        push_opt(&mut n, "title", notif.title.map(Node::Str));
-        push_opt(&mut n, "body", notif.body.map(Node::Str));
-        push_opt(&mut n, "image", notif.image.map(Node::Str));
-        write_node(out, &Node::Obj(n));
+        out.push('{');
+        let mut first_entry = true;
+        for (k, v) in [
+            ("title", notif.title),
+            ("body", notif.body),
+            ("image", notif.image),
+        ] {
+            if let Some(v) = v {
+                push_key(out, &mut first_entry, k);
+                push_str(out, v);
+            }
+        }
+        out.push('}');
     }
     for (key, node, given, fields) in [
         ("android", Node::Obj(android), l.android, ANDROID_CONFIG),
