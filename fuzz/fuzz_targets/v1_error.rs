@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(!f.error.is_empty());
     assert!(!f.description.is_empty());
     assert!(f.description.chars().count() <= 600, "{}", f.description);
-    assert!(!f.description.chars().any(char::is_control), "{:?}", f.description);
+    assert!(
+        !f.description.chars().any(char::is_control),
+        "{:?}",
+        f.description
+    );
     match &f.class {
         FailureClass::RefreshToken => assert!(status == 401 && f.fcm_error.is_none()),
         FailureClass::AuthError => assert!(status == 403 && f.fcm_error.is_none()),
@@ -51,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let g = fcm::v1::classify_at(status, retry_after, body, 1_700_000_000_000);
-    assert_eq!((&f.error, &f.fcm_error, &f.description), (&g.error, &g.fcm_error, &g.description));
+    assert_eq!(
+        (&f.error, &f.fcm_error, &f.description),
+        (&g.error, &g.fcm_error, &g.description)
+    );
     assert_eq!(
         std::mem::discriminant(&f.class),
         std::mem::discriminant(&g.class)

@@ -18,9 +18,9 @@ const ACC: i64 = 1_700_000_000_000;
 /// A send time derived from the input (FNV-1a), so the corpus stays plain
 /// JSON: from 10 s before acceptance to ~35 days after.
 fn elapsed_for(bytes: &[u8]) -> i64 {
-    let h = bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     (h % 3_000_000_000) as i64 - 10_000
 }
 
@@ -35,7 +35,10 @@ fn check_body(body: &str, v: &Value) {
     assert_eq!(targets, 1, "exactly one target: {body}");
     if let Some(data) = m.get("data") {
         let data = data.as_object().expect("data is an object");
-        assert!(data.values().all(Value::is_string), "data values are strings: {body}");
+        assert!(
+            data.values().all(Value::is_string),
+            "data values are strings: {body}"
+        );
     }
     match out.get("validate_only") {
         None => {}
