@@ -17,6 +17,9 @@
 //! * table 7 — control messages: [`Control`] (`CONNECTION_DRAINING`);
 //! * seed 000 — delivery receipts: [`Receipt`], [`ReceiptData`].
 //!
+//! The FCM HTTP v1 link (SPEC §8.2, §8.3): translation of the legacy JSON
+//! into v1 request bodies and classification of v1 answers, in [`v1`].
+//!
 //! Inbound JSON (what CCS sends inside `<gcm>`) is classified by
 //! [`parse_inbound`] into [`Inbound`]; [`Inbound::to_json`] writes it back
 //! (used by the CCS emulator).
@@ -26,6 +29,7 @@
 mod downstream;
 mod error;
 mod inbound;
+pub mod v1;
 
 pub use downstream::{
     condition_is_well_formed, is_reserved_data_key, token_is_well_formed,
