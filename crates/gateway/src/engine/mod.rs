@@ -216,6 +216,8 @@ pub struct Engine {
     outputs: Vec<Output>,
     clock: Clock,
     shutdown: CancellationToken,
+    /// Aborts the links (they close cleanly on `LinkCmd::Close` otherwise).
+    link_stop: CancellationToken,
 }
 
 impl Engine {
@@ -257,6 +259,7 @@ impl Engine {
             outputs: Vec::new(),
             clock,
             shutdown,
+            link_stop: CancellationToken::new(),
         }
     }
 
@@ -343,8 +346,11 @@ impl Engine {
         for out in self.conns.values() {
             let _ = out.send(Out::Close);
         }
-        // The links close themselves on the shutdown token; wait for them
-        // to send their stream ends and see FCM's answer.
+        // Close the links cleanly and let them see FCM's answer; abort
+        // those that take too long.
+        for h in self.links.values() {
+            h.send(crate::link::LinkCmd::Close);
+        }
         let deadline = Instant::now() + Duration::from_secs(3);
         while !self.links.is_empty() {
             match tokio::time::timeout_at(deadline, self.link_rx.recv()).await {
@@ -355,6 +361,7 @@ impl Engine {
                 _ => break,
             }
         }
+        self.link_stop.cancel();
     }
 
     fn on_link_event(&mut self, now: Millis, ev: LinkEvent) {
@@ -409,7 +416,7 @@ impl Engine {
                         link,
                         delay,
                         self.link_tx.clone(),
-                        self.shutdown.clone(),
+                        self.link_stop.clone(),
                     );
                     self.links.insert(link, h);
                 }

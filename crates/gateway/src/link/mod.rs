@@ -58,8 +58,10 @@ pub enum LinkCmd {
     /// An upstream message or receipt is durably stored: acknowledge it to
     /// FCM (on the connection it came on).
     AckUpstream(UpstreamToken),
-    /// Close cleanly: send nothing more, finish what is in flight as the
-    /// protocol allows, then report [`LinkEvent::Closed`].
+    /// Close cleanly: send nothing more, report the outcomes of what is in
+    /// flight that arrive while the protocol's close takes (bounded by the
+    /// link), then report [`LinkEvent::Closed`]. The engine sends it once
+    /// the answers it waits for are in (or its grace time is over).
     Close,
 }
 
@@ -280,14 +282,16 @@ pub type LinkEvents = mpsc::UnboundedSender<LinkEvent>;
 /// one in tests).
 pub trait LinkFactory: Send + Sync {
     /// Starts link `id`: after `delay` it connects, then reports on
-    /// `events` until it sends [`LinkEvent::Closed`]. It stops on
-    /// `shutdown` (closing cleanly) or on [`LinkCmd::Close`].
+    /// `events` until it sends [`LinkEvent::Closed`]. It closes cleanly on
+    /// [`LinkCmd::Close`] or when the engine drops the handle; `stop`
+    /// aborts it at once (a second signal, a deadline passed) — it still
+    /// reports `Closed`.
     fn spawn(
         &self,
         id: LinkId,
         delay: Duration,
         events: LinkEvents,
-        shutdown: CancellationToken,
+        stop: CancellationToken,
     ) -> LinkHandle;
 
     /// What kind of link this is, for logs and the admin API ("xmpp",

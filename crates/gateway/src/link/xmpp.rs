@@ -77,10 +77,10 @@ impl LinkFactory for XmppLinkFactory {
         id: LinkId,
         delay: Duration,
         events: LinkEvents,
-        shutdown: CancellationToken,
+        stop: CancellationToken,
     ) -> LinkHandle {
         let (handle, rx) = LinkHandle::channel();
-        tokio::spawn(run(id, self.params.clone(), delay, rx, events, shutdown));
+        tokio::spawn(run(id, self.params.clone(), delay, rx, events, stop));
         handle
     }
 
@@ -99,20 +99,23 @@ async fn run(
     initial_delay: Duration,
     mut cmds: mpsc::UnboundedReceiver<LinkCmd>,
     events: LinkEvents,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let mut delay = initial_delay;
     let mut auth_logged = false;
     let stream = loop {
+        // While connecting, only a Close (or the engine going away) matters.
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return closed(&events, id, CloseReason::Shutdown),
+                _ = stop.cancelled() => return closed(&events, id, CloseReason::Shutdown),
+                why = closing_cmd(&mut cmds) => return closed(&events, id, why),
             }
         }
         let attempt = tokio::select! {
             r = connect(&p) => r,
-            _ = shutdown.cancelled() => return closed(&events, id, CloseReason::Shutdown),
+            _ = stop.cancelled() => return closed(&events, id, CloseReason::Shutdown),
+            why = closing_cmd(&mut cmds) => return closed(&events, id, why),
         };
         match attempt {
             Ok(s) => break s,
@@ -152,7 +155,7 @@ async fn run(
         wire: HashMap::new(),
         held: VecDeque::new(),
     };
-    let reason = conn.serve(&p, stream, &mut cmds, &shutdown).await;
+    let reason = conn.serve(&p, stream, &mut cmds, &stop).await;
     tracing::debug!(link = id, %reason, "CCS link closed");
     let _ = events.send(LinkEvent::Closed { link: id, reason });
 }
@@ -161,6 +164,22 @@ async fn run(
 fn closed(events: &LinkEvents, id: LinkId, reason: CloseReason) {
     let _ = events.send(LinkEvent::Closed { link: id, reason });
 }
+
+/// Waits for a reason to stop before the link is ready: a Close, or the
+/// engine dropping its handle. Other commands cannot come yet (the engine
+/// sends only to ready links) and are dropped.
+async fn closing_cmd(cmds: &mut mpsc::UnboundedReceiver<LinkCmd>) -> CloseReason {
+    loop {
+        match cmds.recv().await {
+            Some(LinkCmd::Close) => return CloseReason::Shutdown,
+            Some(_) => {}
+            None => return CloseReason::EngineGone,
+        }
+    }
+}
+
+/// How long a closing link waits for CCS's stream end.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 async fn connect(p: &XmppParams) -> Result<XmppStream<xmpp::connect::BoxStream>, xmpp::XmppError> {
     let io = tokio::time::timeout(
@@ -207,7 +226,7 @@ impl Conn<'_> {
         p: &XmppParams,
         stream: XmppStream<xmpp::connect::BoxStream>,
         cmds: &mut mpsc::UnboundedReceiver<LinkCmd>,
-        shutdown: &CancellationToken,
+        stop: &CancellationToken,
     ) -> CloseReason {
         let (io, mut reader) = stream.into_parts();
         let (mut rd, mut wr) = tokio::io::split(io);
@@ -221,7 +240,10 @@ impl Conn<'_> {
                 .max(Duration::from_millis(100)),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a Close: our stream end is written; CCS answers what it
+        // had, then its stream end.
         let mut closing = false;
+        let mut close_deadline = Instant::now();
 
         // Stanzas the reader already buffered during negotiation.
         out.clear();
@@ -255,6 +277,7 @@ impl Conn<'_> {
                     if close {
                         out.extend_from_slice(xmpp::writer::STREAM_END.as_bytes());
                         closing = true;
+                        close_deadline = Instant::now() + CLOSE_WAIT;
                     }
                     if let Err(e) = write_all(&mut wr, &out).await {
                         return CloseReason::Io(format!("write failed: {e}"));
@@ -286,18 +309,12 @@ impl Conn<'_> {
                         last_write = Instant::now();
                     }
                 }
-                _ = shutdown.cancelled(), if !closing => {
-                    let _ = write_all(&mut wr, xmpp::writer::STREAM_END.as_bytes()).await;
-                    // Give CCS a moment to answer with its stream end.
-                    let deadline = Instant::now() + Duration::from_secs(2);
-                    loop {
-                        match tokio::time::timeout_at(deadline, rd.read(&mut rbuf)).await {
-                            Ok(Ok(n)) if n > 0 => {
-                                reader.feed(&rbuf[..n]);
-                                if self.drain_events(&mut reader, &mut out).is_err() { break; }
-                            }
-                            _ => break,
-                        }
+                _ = tokio::time::sleep_until(close_deadline), if closing => {
+                    return CloseReason::Shutdown;
+                }
+                _ = stop.cancelled() => {
+                    if !closing {
+                        let _ = write_all(&mut wr, xmpp::writer::STREAM_END.as_bytes()).await;
                     }
                     return CloseReason::Shutdown;
                 }
