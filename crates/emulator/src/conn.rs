@@ -244,6 +244,9 @@ async fn reader_loop<R: AsyncRead + Unpin>(
             if view.ack_delay.is_zero() {
                 shared.commit(id, &mut batch);
             } else {
+                // Real time on purpose: the responder thread releases the
+                // answers with a precise sleep (see `responder_thread`).
+                #[allow(clippy::disallowed_methods)]
                 let due = std::time::Instant::now() + view.ack_delay;
                 let _ = resp_tx.send((due, std::mem::take(&mut batch)));
             }
@@ -271,6 +274,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
 /// rather than a task: tokio's timer has 1 ms resolution (a "1 ms" delay
 /// lasted 1–2 ms), which made the emulator, not the client, the bound of
 /// window-limited runs. Ends when the reader drops its sender or on `kill`.
+#[allow(clippy::disallowed_methods)] // a thread, on real time by design
 fn responder_thread(
     shared: &Shared,
     id: u64,

@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use common::{connect, Client};
 use emulator::Emulator;

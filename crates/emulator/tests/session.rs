@@ -135,7 +135,7 @@ fn standalone_defaults_describe() {
 #[tokio::test]
 async fn wait_until_times_out_with_snapshot() {
     let emu = start(Faults::default()).await;
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let r = emu
         .wait_until(Duration::from_millis(100), |s| s.acks_sent == 1)
         .await;

@@ -6,7 +6,7 @@
 
 mod v1_common;
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use emulator::v1::{V1Config, V1Emulator};

@@ -22,6 +22,7 @@
 //! exactly one [`LinkEvent::Closed`]. Messages without an outcome when a
 //! link closes go back to the queue and are resent elsewhere.
 
+pub mod scripted;
 pub mod xmpp;
 
 use std::sync::Arc;

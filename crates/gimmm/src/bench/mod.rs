@@ -28,6 +28,9 @@
 //! [`steady`] the load mode, [`queue_down`] the backlog mode, [`child`] the
 //! gateway under test (child process, `/proc`), [`report`] histograms,
 //! printing and JSON, [`http`] the emulator's stats endpoint.
+// The bench measures real elapsed time between real processes: it uses
+// std's clock on purpose (nothing here runs under paused tokio time).
+#![allow(clippy::disallowed_methods)]
 
 mod child;
 mod http;
