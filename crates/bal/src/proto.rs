@@ -28,6 +28,9 @@ pub enum BalError {
     SessionTakenOver,
     /// gimmm could not store the message (disk full, read-only store ...).
     StoreUnavailable,
+    /// gimmm is shutting down: the message was not taken; send it again
+    /// after the restart (or to another gateway).
+    ShuttingDown,
 }
 
 impl BalError {
@@ -41,6 +44,7 @@ impl BalError {
             BalError::UnknownSequenceId => "UNKNOWN_SEQUENCE_ID",
             BalError::SessionTakenOver => "SESSION_TAKEN_OVER",
             BalError::StoreUnavailable => "STORE_UNAVAILABLE",
+            BalError::ShuttingDown => "SHUTTING_DOWN",
         }
     }
 }

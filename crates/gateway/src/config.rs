@@ -78,6 +78,9 @@ pub struct FcmConfig {
     pub keepalive_secs: u64,
     /// Largest stanza accepted from CCS.
     pub max_stanza_bytes: usize,
+    /// On SIGTERM, how long to wait for FCM's answers to what is in flight
+    /// (SPEC §11).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for FcmConfig {
@@ -94,6 +97,7 @@ impl Default for FcmConfig {
             ca_file: None,
             keepalive_secs: 60,
             max_stanza_bytes: 64 * 1024,
+            shutdown_grace_secs: 10,
         }
     }
 }

@@ -57,6 +57,7 @@ pub struct Gateway {
     /// Admin HTTP address, when enabled.
     pub admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    abort: CancellationToken,
     tracker: TaskTracker,
     engine: mpsc::Sender<engine::Cmd>,
 }
@@ -77,6 +78,7 @@ impl Gateway {
     ) -> Result<Gateway, GatewayError> {
         // Install the metrics recorder before anything records.
         let _ = metrics::prometheus();
+        let abort = CancellationToken::new();
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let (sqlite, recovery) = store::sqlite::SqliteStore::open(&cfg.store.path, commit_tx)?;
         let store: store::SharedStore = Arc::new(sqlite);
@@ -152,6 +154,8 @@ impl Gateway {
             mem_messages: 20_000,
             mem_outbox: 10_000,
             receipt_warning: None,
+            shutdown_grace: Duration::from_secs(cfg.fcm.shutdown_grace_secs),
+            abort: abort.clone(),
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
@@ -174,6 +178,7 @@ impl Gateway {
             bal_addr,
             admin_addr,
             shutdown,
+            abort,
             tracker,
             engine: ctl_tx,
         })
@@ -186,9 +191,23 @@ impl Gateway {
         rx.await.ok()
     }
 
-    /// Asks everything to stop.
+    /// Asks everything to stop: the engine drains first (SPEC §11).
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Cuts a drain short (a second signal): the engine stops waiting for
+    /// FCM's answers and the links close at once. Nothing accepted is lost
+    /// (it is stored); what was in flight is resent after a restart.
+    pub fn abort(&self) {
+        self.shutdown.cancel();
+        self.abort.cancel();
+    }
+
+    /// A handle that can [`abort`](Gateway::abort) from elsewhere (a signal
+    /// handler) while another task waits.
+    pub fn abort_handle(&self) -> CancellationToken {
+        self.abort.clone()
     }
 
     /// Waits until every task has finished (after [`Gateway::shutdown`] or

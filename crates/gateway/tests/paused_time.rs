@@ -207,6 +207,8 @@ fn start_engine() -> Rig {
             mem_messages: 1_000,
             mem_outbox: 1_000,
             receipt_warning: None,
+            shutdown_grace: Duration::from_secs(10),
+            abort: CancellationToken::new(),
         },
         Arc::new(mem),
         &recovery,

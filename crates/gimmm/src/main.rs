@@ -418,8 +418,48 @@ fn terminate() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// SIGTERM and Ctrl-C, as a stream: the gateway drains on the first and
+/// exits at once on the second. Installed at once, like [`terminate`].
+struct Signals {
+    #[cfg(unix)]
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let handlers = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(t), Ok(i)) => Some((t, i)),
+                _ => None,
+            };
+            Signals { handlers }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.handlers {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 async fn serve(a: ServeArgs) -> Result<()> {
-    let stop = terminate();
+    let mut signals = Signals::install();
     let mut cfg = Config::load(a.config.as_deref())?;
     let shutdown = CancellationToken::new();
     let mut emu = None;
@@ -456,9 +496,24 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if let Some(a) = gw.admin_addr {
         println!("admin http on http://{a} (/healthz /readyz /metrics /api/v1/...)");
     }
-    stop.await;
-    tracing::info!("shutting down: stop accepting, close CCS streams, commit");
-    gw.stop().await;
+    signals.recv().await;
+    tracing::info!(
+        "shutting down: taking nothing new, waiting for FCM's answers to what is in flight (a second signal exits at once)"
+    );
+    gw.shutdown();
+    let abort = gw.abort_handle();
+    let drained = gw.wait();
+    tokio::pin!(drained);
+    tokio::select! {
+        _ = &mut drained => {}
+        _ = signals.recv() => {
+            // Nothing accepted is lost: it is stored; what was in flight is
+            // resent after the restart.
+            abort.cancel();
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(0);
+        }
+    }
     if let Some(e) = emu {
         e.shutdown().await;
     }

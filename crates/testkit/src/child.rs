@@ -413,6 +413,26 @@ impl ChildGateway {
         self.reap(child).await
     }
 
+    /// Sends SIGTERM and returns at once (the gateway drains; see
+    /// [`ChildGateway::wait`]). Sent twice, the second cuts the drain short.
+    pub async fn signal_term(&self) -> Result<(), ChildError> {
+        let pid = self.pid().ok_or(ChildError::NotRunning)?;
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await
+            .map_err(io("running kill -TERM"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(ChildError::Io {
+                what: format!("kill -TERM {pid}"),
+                source: std::io::Error::other(st.to_string()),
+            })
+        }
+    }
+
     async fn reap(&mut self, mut child: Child) -> Result<ExitStatus, ChildError> {
         match tokio::time::timeout(self.opts.stop_timeout, child.wait()).await {
             Ok(r) => r.map_err(io("waiting for gimmm serve")),

@@ -328,10 +328,13 @@ impl Core {
             self.pump_links(now);
             self.page_in(now);
         }
-        self.flush(now, false);
+        // While stopping nothing waits for company: every write goes out.
+        self.flush(now, self.stopping);
     }
 
-    /// Stops sending and commits what is pending (shutdown).
+    /// Shutdown (SPEC §11): sends nothing new to FCM, takes no new
+    /// DOWNSTREAM (answered SHUTTING_DOWN), and commits what is pending;
+    /// outcomes of what is in flight are still handled.
     pub fn begin_shutdown(&mut self, now: Millis) {
         self.stopping = true;
         self.flush(now, true);
@@ -340,6 +343,18 @@ impl Core {
     /// True once [`Core::begin_shutdown`] ran.
     pub fn stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// Messages handed to links without an outcome yet.
+    pub fn in_flight(&self) -> usize {
+        self.links.in_flight()
+    }
+
+    /// True when a shutdown has nothing left to wait for: no answer from
+    /// FCM outstanding, every batch committed, every result written to the
+    /// BALs that are logged on.
+    pub fn drained(&self) -> bool {
+        self.links.in_flight() == 0 && self.dur.awaiting() == 0 && self.sessions.unwritten() == 0
     }
 
     /// Connections logged on (for shutdown).
@@ -443,6 +458,20 @@ impl Core {
 
     fn on_downstream(&mut self, inc: Incoming, now: Millis) {
         self.meters.received.increment(1);
+        if self.stopping {
+            // Draining for a shutdown: take nothing new (SPEC §11).
+            let l = line::error(
+                BalError::ShuttingDown,
+                &format!(
+                    "message {} not accepted: gimmm is shutting down",
+                    inc.message_id
+                ),
+            );
+            if self.sessions.conn(&inc.session) == Some(inc.conn) {
+                self.write_to(inc.conn, l);
+            }
+            return;
+        }
         if self.store_degraded {
             // The store cannot take writes: refuse at once (never ACCEPTED)
             // rather than queue the message behind the stuck write.

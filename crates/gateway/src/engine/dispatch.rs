@@ -102,6 +102,11 @@ impl Links {
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// Messages handed to links without an outcome yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.map.values().map(|l| l.inflight.len()).sum()
+    }
 }
 
 impl Core {

@@ -121,6 +121,10 @@ pub struct EngineConfig {
     /// Said in DOWNSTREAM_ACCEPTED when a receipt was asked for and the
     /// link gives none.
     pub receipt_warning: Option<&'static str>,
+    /// On shutdown, how long to wait for FCM's answers to what is in flight.
+    pub shutdown_grace: Duration,
+    /// Cancelled to cut the shutdown drain short (a second signal).
+    pub abort: CancellationToken,
 }
 
 /// A point-in-time view for `/readyz`, `/metrics` and the admin API.
@@ -218,6 +222,10 @@ pub struct Engine {
     shutdown: CancellationToken,
     /// Aborts the links (they close cleanly on `LinkCmd::Close` otherwise).
     link_stop: CancellationToken,
+    /// Cuts the shutdown drain short (a second signal).
+    abort: CancellationToken,
+    /// How long the drain waits for answers to what is in flight.
+    grace: Duration,
 }
 
 impl Engine {
@@ -231,6 +239,8 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Engine {
         let clock = Clock::new();
+        let cfg_grace = cfg.shutdown_grace;
+        let abort = cfg.abort.clone();
         let core = Core::new(
             CoreConfig {
                 sessions: cfg.sessions,
@@ -260,6 +270,8 @@ impl Engine {
             clock,
             shutdown,
             link_stop: CancellationToken::new(),
+            abort,
+            grace: cfg_grace,
         }
     }
 
@@ -324,17 +336,70 @@ impl Engine {
             self.core.end_turn(self.clock.now());
             self.apply();
         }
-        self.drain(&mut commit_rx).await;
+        self.drain(&mut cmds, &mut ctl, &mut commit_rx).await;
         tracing::info!("engine stopped");
     }
 
-    /// Shutdown: commit what is pending so every promise made is kept,
-    /// close the BAL connections, let the links close their streams.
-    async fn drain(&mut self, commit_rx: &mut mpsc::UnboundedReceiver<Committed>) {
+    /// Shutdown, draining (SPEC §11 "Deploys without duplicates"): nothing
+    /// new goes to FCM and no new DOWNSTREAM is taken (SHUTTING_DOWN); the
+    /// answers to what is in flight are awaited, for up to the grace time,
+    /// and their results stored and handed to the logged-on BALs; then the
+    /// BAL connections close (after what was queued for them) and the
+    /// links close cleanly. A restart then sends FCM nothing twice. What is
+    /// still in flight when the grace time is over stays stored and is
+    /// resent after the restart.
+    async fn drain(
+        &mut self,
+        cmds: &mut mpsc::Receiver<Cmd>,
+        ctl: &mut mpsc::Receiver<Cmd>,
+        commit_rx: &mut mpsc::UnboundedReceiver<Committed>,
+    ) {
+        self.core.begin_shutdown(self.clock.now());
+        self.apply();
+        let in_flight = self.core.in_flight();
+        if in_flight > 0 {
+            tracing::info!(in_flight, grace = ?self.grace, "shutting down: waiting for FCM's answers to what is in flight");
+        }
+        let deadline = Instant::now() + self.grace;
+        loop {
+            if self.core.drained() {
+                break;
+            }
+            let timer = self.clock.instant(self.core.next_deadline());
+            tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        in_flight = self.core.in_flight(),
+                        "shutdown grace time over; what is still in flight is resent after the restart, unwritten results are delivered then"
+                    );
+                    break;
+                }
+                Some(c) = commit_rx.recv() => {
+                    self.core.handle(self.clock.now(), Input::Committed(c));
+                }
+                Some(ev) = self.link_rx.recv() => {
+                    let now = self.clock.now();
+                    self.on_link_event(now, ev);
+                }
+                Some(input) = self.reads.next(), if !self.reads.is_empty() => {
+                    self.core.handle(self.clock.now(), input);
+                }
+                Some(cmd) = ctl.recv() => self.on_cmd(cmd),
+                // BALs keep ACKing; DOWNSTREAMs get SHUTTING_DOWN.
+                Some(cmd) = cmds.recv() => self.on_cmd(cmd),
+                _ = tokio::time::sleep_until(timer) => self.core.tick(self.clock.now()),
+            }
+            self.core.end_turn(self.clock.now());
+            self.apply();
+        }
+        // Whatever the last turns wrote (BAL ACKs, retry bookkeeping) is
+        // committed before the connections go.
         self.core.begin_shutdown(self.clock.now());
         self.apply();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.core.awaiting() > 0 {
+        while self.core.awaiting() > 0 && !self.abort.is_cancelled() {
             match tokio::time::timeout_at(deadline, commit_rx.recv()).await {
                 Ok(Some(c)) => {
                     self.core.handle(self.clock.now(), Input::Committed(c));
@@ -352,7 +417,7 @@ impl Engine {
             h.send(crate::link::LinkCmd::Close);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
-        while !self.links.is_empty() {
+        while !self.links.is_empty() && !self.abort.is_cancelled() {
             match tokio::time::timeout_at(deadline, self.link_rx.recv()).await {
                 Ok(Some(LinkEvent::Closed { link, .. })) => {
                     self.links.remove(&link);

@@ -209,6 +209,16 @@ impl Sessions {
         }
     }
 
+    /// Sequenced lines committed for logged-on sessions and not yet written
+    /// to them (waiting for the window, or on disk).
+    pub(crate) fn unwritten(&self) -> usize {
+        self.map
+            .values()
+            .filter(|s| s.conn.is_some())
+            .map(|s| s.queue.len() + usize::from(s.paging.spilled))
+            .sum()
+    }
+
     /// Sessions with a logged-on connection.
     pub(crate) fn connected(&self) -> usize {
         self.map.values().filter(|s| s.conn.is_some()).count()

@@ -1138,6 +1138,67 @@ fn receipts_go_to_the_sender_via_memory_or_the_store() {
 }
 
 #[test]
+fn shutdown_drains_what_is_in_flight_and_takes_nothing_new() {
+    let mut r = Rig::new(cfg());
+    r.attach(S, 10);
+    r.ready(1, 10);
+    r.send(10, "m1", None, "tok");
+    r.send(10, "m2", None, "tok");
+    r.commit();
+    assert_eq!(r.take_sent(), vec![1, 2]);
+    r.send(10, "queued", None, "tok");
+    r.core.begin_shutdown(r.now);
+    r.collect();
+    r.commit();
+    assert!(r.sent.is_empty(), "nothing new to FCM while stopping");
+    assert!(!r.core.drained(), "two answers outstanding");
+    // New work is refused.
+    r.send(10, "late", None, "tok");
+    let err = r.lines(10, "ERROR");
+    assert_eq!(err.last().unwrap()["error"], "SHUTTING_DOWN");
+    assert!(err.last().unwrap()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("late"));
+    // The answers still count; their results go out at once (no lazy wait).
+    r.deliver(1, 1);
+    r.deliver(1, 2);
+    assert!(!r.core.drained(), "results not committed yet");
+    assert_eq!(r.batches.len(), 2, "each turn's batch goes at once");
+    r.commit();
+    assert_eq!(r.lines(10, "DOWNSTREAM_ACK").len(), 2);
+    assert!(r.core.drained());
+    // A result the BAL's window holds back keeps the drain waiting.
+    let mut c = cfg();
+    c.max_unacked = 1;
+    let mut r = Rig::new(c);
+    r.attach(S, 10);
+    r.ready(1, 10);
+    r.send(10, "a", None, "tok");
+    r.send(10, "b", None, "tok");
+    r.commit();
+    r.core.begin_shutdown(r.now);
+    r.collect();
+    r.deliver(1, 1);
+    r.deliver(1, 2);
+    r.commit();
+    assert_eq!(r.lines(10, "DOWNSTREAM_ACK").len(), 1);
+    assert!(!r.core.drained(), "one result still waits for the window");
+    let seq = r.lines(10, "DOWNSTREAM_ACK")[0]["sequence_id"]
+        .as_u64()
+        .unwrap();
+    r.ack_seq(10, seq);
+    assert_eq!(
+        r.batches.len(),
+        1,
+        "an ACK's delete does not wait for company while stopping"
+    );
+    r.commit();
+    assert_eq!(r.lines(10, "DOWNSTREAM_ACK").len(), 2);
+    assert!(r.core.drained());
+}
+
+#[test]
 fn shutdown_stops_sending_and_flushes_at_once() {
     let mut r = Rig::new(cfg());
     r.attach(S, 10);

@@ -124,17 +124,18 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
     loop {
         // Backpressure: while the BAL does not read what it is sent, stop
         // reading what it sends.
+        // A shutdown does not end the connection: it stays open while the
+        // engine drains, so results still reach the BAL and its ACKs still
+        // count; the engine closes it at the end (SPEC §11).
         if out_tx.backlog() > BACKPRESSURE_LINES {
             tokio::select! {
                 _ = out_tx.wait_below(BACKPRESSURE_LINES / 2) => {}
                 _ = closed.cancelled() => break,
-                _ = shutdown.cancelled() => break,
             }
         }
         let next = tokio::select! {
             n = lines.next() => n,
             _ = closed.cancelled() => break,
-            _ = shutdown.cancelled() => break,
         };
         let line = match next {
             None => break,
@@ -170,6 +171,16 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
                 {
                     break;
                 }
+            }
+            Ok(FromBalRef::Downstream { fcm_data, .. }) if shutdown.is_cancelled() => {
+                let id = prepare::message_id_of(fcm_data.get()).unwrap_or_default();
+                send(
+                    &out_tx,
+                    line::error(
+                        BalError::ShuttingDown,
+                        &format!("message {id} not accepted: gimmm is shutting down"),
+                    ),
+                );
             }
             Ok(FromBalRef::Downstream { group_id, fcm_data }) => {
                 let inc = prepare::downstream(

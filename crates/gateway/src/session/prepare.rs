@@ -41,6 +41,15 @@ impl Default for IdSource {
     }
 }
 
+/// The `message_id` of an `fcm_data` text, when it has a string one.
+pub fn message_id_of(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        message_id: Option<String>,
+    }
+    serde_json::from_str::<Id>(raw).ok()?.message_id
+}
+
 /// Validates a DOWNSTREAM and prepares it for the engine. `raw` is the
 /// `fcm_data` JSON as the BAL sent it: when it has a `message_id` it is
 /// stored and sent as is (no re-serialization); otherwise gimmm generates an
