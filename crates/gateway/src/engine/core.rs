@@ -171,6 +171,9 @@ pub enum Output {
     Fatal(String),
 }
 
+/// Most queued messages one read returns (see the outbox's page size).
+const QUEUED_PAGE: usize = 4096;
+
 /// A failed read is retried after this long.
 pub(crate) const READ_RETRY: Millis = 1_000;
 
@@ -205,7 +208,7 @@ impl Core {
             Duration::from_millis(cfg.retry.max_ms),
         );
         Core {
-            queue: Queue::new(recovery.queued > 0),
+            queue: Queue::new(recovery.queued > 0, cfg.mem_messages),
             links: Links::new(cfg.connections, retry.clone()),
             sessions: Sessions::new(
                 &cfg.sessions,
@@ -607,7 +610,7 @@ impl Core {
     /// on disk).
     fn admit(&mut self, id: MsgId, msg: Msg, now: Millis) {
         let room = self.queue.len() < self.cfg.mem_messages;
-        if self.queue.paging.admit(id, room) {
+        if let Some(msg) = self.queue.paging.admit(id, msg, room) {
             self.queue.insert(id, msg, None, now);
         }
     }
@@ -617,7 +620,7 @@ impl Core {
         if self.queue.len() > self.cfg.mem_messages / 2 {
             return;
         }
-        let limit = self.cfg.mem_messages - self.queue.len();
+        let limit = (self.cfg.mem_messages - self.queue.len()).min(QUEUED_PAGE);
         if let Some(after) = self.queue.paging.start_read(now) {
             self.out.push(Output::LoadQueued { after, limit });
         }
@@ -643,7 +646,15 @@ impl Core {
             let not_before = (r.not_before_ms > now).then_some(r.not_before_ms);
             self.queue.insert(r.id, msg, not_before, now);
         }
-        self.queue.paging.finish_read(n, limit, last);
+        // Messages accepted during the read that it did not return follow
+        // it, while memory has room; the rest stays on disk.
+        for (id, msg) in self.queue.paging.finish_read(n, limit, last) {
+            if self.queue.len() >= self.cfg.mem_messages {
+                self.queue.paging.spill_before(id);
+                break;
+            }
+            self.queue.insert(id, msg, None, now);
+        }
     }
 
     fn msg_from_row(&mut self, r: &QueuedRow) -> Msg {
@@ -687,7 +698,7 @@ impl Core {
         tracing::debug!(session = %m.session, message_id = %m.message_id, "downstream acked");
         if m.receipt {
             self.inbound
-                .expect_receipt(m.message_id.to_string(), m.session.clone(), id);
+                .expect_receipt(m.message_id.clone(), m.session.clone(), id);
         }
         let seq = self.take_seq();
         let l = line::downstream_ack(seq, &m.session, &m.message_id, raw);

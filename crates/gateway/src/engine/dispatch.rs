@@ -249,6 +249,12 @@ impl Core {
                 body: msg.body.clone(),
                 accepted_at_ms: msg.accepted_at_ms,
             };
+            if msg.receipt {
+                // FCM may send the receipt on another connection than the
+                // ack, so it can arrive first: know where it goes from now.
+                let (mid, session) = (msg.message_id.clone(), msg.session.clone());
+                self.inbound.expect_receipt(mid, session, id);
+            }
             if let Some(msg) = self.queue.get_mut(id) {
                 msg.state = MsgState::InFlight(link);
             }

@@ -19,7 +19,7 @@ use super::durability::{AckUpstream, Effect};
 use crate::link::{LinkId, MsgId, UpstreamToken};
 use crate::metrics as m;
 use bal::proto::line;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use store::{Op, ReadResult, ReceiptTarget};
 
@@ -52,7 +52,10 @@ struct Route {
 #[derive(Debug, Default)]
 pub(crate) struct InboundState {
     recent: HashSet<String>,
-    receipts: HashMap<String, (Arc<str>, MsgId)>,
+    receipts: HashMap<Arc<str>, (Arc<str>, MsgId)>,
+    /// Keys of `receipts` in insertion order, to forget the oldest first
+    /// (the receipts of the newest messages are the likely next ones).
+    receipt_order: VecDeque<Arc<str>>,
     parked: HashMap<u64, Parked>,
     parked_ids: HashMap<String, u64>,
     next_key: u64,
@@ -76,11 +79,24 @@ impl InboundState {
 
     /// `message_id` (row `id` of `session`) was acked and asked for a
     /// receipt.
-    pub(crate) fn expect_receipt(&mut self, message_id: String, session: Arc<str>, id: MsgId) {
-        if self.receipts.len() >= MAX_RECEIPT_MEMORY {
-            self.receipts.clear();
+    pub(crate) fn expect_receipt(&mut self, message_id: Arc<str>, session: Arc<str>, id: MsgId) {
+        // Entries whose receipt came are gone from the map but still in the
+        // order queue: skip over them while making room.
+        while self.receipts.len() >= MAX_RECEIPT_MEMORY
+            || self.receipt_order.len() >= 2 * MAX_RECEIPT_MEMORY
+        {
+            let Some(old) = self.receipt_order.pop_front() else {
+                break;
+            };
+            self.receipts.remove(&old);
         }
-        self.receipts.insert(message_id, (session, id));
+        if self
+            .receipts
+            .insert(message_id.clone(), (session, id))
+            .is_none()
+        {
+            self.receipt_order.push_back(message_id);
+        }
     }
 }
 
@@ -148,7 +164,7 @@ impl Core {
             return;
         }
         let orig = &receipt.data.original_message_id;
-        if let Some((session, id)) = self.inbound.receipts.remove(orig) {
+        if let Some((session, id)) = self.inbound.receipts.remove(orig.as_str()) {
             self.route_receipt(
                 link,
                 token,

@@ -218,6 +218,9 @@ pub struct Engine {
     reads: FuturesUnordered<Read>,
     /// The core's outputs being carried out (kept for its allocation).
     outputs: Vec<Output>,
+    /// Store reads run for the core: queued pages, outbox pages, receipt
+    /// lookups (logged at the end).
+    reads_done: [u64; 3],
     clock: Clock,
     shutdown: CancellationToken,
     /// Aborts the links (they close cleanly on `LinkCmd::Close` otherwise).
@@ -267,6 +270,7 @@ impl Engine {
             link_rx,
             reads: FuturesUnordered::new(),
             outputs: Vec::new(),
+            reads_done: [0; 3],
             clock,
             shutdown,
             link_stop: CancellationToken::new(),
@@ -337,7 +341,13 @@ impl Engine {
             self.apply();
         }
         self.drain(&mut cmds, &mut ctl, &mut commit_rx).await;
-        tracing::info!("engine stopped");
+        let [queued, outbox, receipts] = self.reads_done;
+        tracing::info!(
+            reads.queued = queued,
+            reads.outbox = outbox,
+            reads.receipts = receipts,
+            "engine stopped"
+        );
     }
 
     /// Shutdown, draining (SPEC §11 "Deploys without duplicates"): nothing
@@ -497,6 +507,7 @@ impl Engine {
                     }
                 }
                 Output::LoadQueued { after, limit } => {
+                    self.reads_done[0] += 1;
                     let f = self.store.load_queued(after, limit);
                     self.reads.push(Box::pin(async move {
                         Input::QueuedPage {
@@ -510,6 +521,7 @@ impl Engine {
                     after,
                     limit,
                 } => {
+                    self.reads_done[1] += 1;
                     let f = self.store.load_outbox(&session, after, limit);
                     self.reads.push(Box::pin(async move {
                         Input::OutboxPage {
@@ -520,6 +532,7 @@ impl Engine {
                     }));
                 }
                 Output::LookupReceipt { key, message_id } => {
+                    self.reads_done[2] += 1;
                     let f = self.store.receipt_target(&message_id);
                     self.reads.push(Box::pin(async move {
                         Input::ReceiptTarget {

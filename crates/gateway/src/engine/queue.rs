@@ -136,48 +136,72 @@ impl Ready {
 }
 
 /// Whether the disk may hold rows not in memory, and how far memory got.
-/// Used for queued messages and for each session's outbox.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Paging {
+/// Used for queued messages (items: [`Msg`]) and for each session's outbox
+/// (items: lines).
+///
+/// Rows committed while a read is in flight are held here rather than
+/// dropped: the read may or may not return them (it sees what was durable
+/// when it ran), so when it comes back short of its limit, the held rows it
+/// did not return are appended after it, in order, and memory is complete
+/// again. Without that, a busy session would never get back from disk:
+/// every read would race with new commits.
+#[derive(Debug)]
+pub(crate) struct Paging<T> {
     /// Rows beyond `max_loaded` may be on disk only.
     pub(crate) spilled: bool,
     /// Highest key taken into memory.
     pub(crate) max_loaded: u64,
     /// A read is in flight.
     pub(crate) reading: bool,
-    /// A row was left on disk while the read was in flight: it may have
-    /// missed it, so the disk stays "spilled" after it.
-    dirty: bool,
+    /// Rows committed while the read is in flight.
+    held: Vec<(u64, T)>,
+    /// More rows were committed during the read than may be held.
+    overflow: bool,
+    /// At most this many rows are held.
+    hold_max: usize,
     /// After a failed read, no new one before this.
     pub(crate) retry_at: Millis,
 }
 
-impl Paging {
-    /// Paging state at start: whatever is on disk is read on first use.
-    pub(crate) fn on_disk(spilled: bool) -> Paging {
+impl<T> Paging<T> {
+    /// Paging state at start (`spilled`: the disk holds rows, read on
+    /// first use); at most `hold_max` rows are held during a read.
+    pub(crate) fn new(spilled: bool, hold_max: usize) -> Paging<T> {
         Paging {
             spilled,
-            ..Paging::default()
+            max_loaded: 0,
+            reading: false,
+            held: Vec::new(),
+            overflow: false,
+            hold_max,
+            retry_at: 0,
         }
     }
 
-    /// A row with `key` was committed: true when it goes into memory now
-    /// (nothing on disk before it, and `room`); false when it stays on
-    /// disk for a later read.
-    pub(crate) fn admit(&mut self, key: u64, room: bool) -> bool {
+    /// A row with `key` was committed: `Some(item)` when it goes into
+    /// memory now (nothing on disk before it, and `room`); `None` when it
+    /// stays on disk for a later read (or is held for the read in flight).
+    pub(crate) fn admit(&mut self, key: u64, item: T, room: bool) -> Option<T> {
         if key <= self.max_loaded {
-            return false;
+            return None;
+        }
+        if self.reading {
+            if self.held.len() < self.hold_max {
+                self.held.push((key, item));
+            } else {
+                self.overflow = true;
+            }
+            return None;
         }
         if self.spilled {
-            self.dirty |= self.reading;
-            return false;
+            return None;
         }
         if !room {
             self.spilled = true;
-            return false;
+            return None;
         }
         self.max_loaded = key;
-        true
+        Some(item)
     }
 
     /// Starts a read if one is due: returns the key to read after.
@@ -186,27 +210,58 @@ impl Paging {
             return None;
         }
         self.reading = true;
-        self.dirty = false;
         Some(self.max_loaded)
     }
 
     /// A read of at most `limit` rows returned `n`, the last with key
-    /// `last`.
-    pub(crate) fn finish_read(&mut self, n: usize, limit: usize, last: Option<u64>) {
+    /// `last`. Returns the held rows that follow it (to append, in order);
+    /// after a full read they stay on disk for the next one.
+    pub(crate) fn finish_read(
+        &mut self,
+        n: usize,
+        limit: usize,
+        last: Option<u64>,
+    ) -> Vec<(u64, T)> {
         self.reading = false;
         if let Some(k) = last {
             self.max_loaded = self.max_loaded.max(k);
         }
-        self.spilled = n >= limit || self.dirty;
-        self.dirty = false;
+        let held = std::mem::take(&mut self.held);
+        if n >= limit || self.overflow {
+            self.overflow = false;
+            self.spilled = true;
+            return Vec::new();
+        }
+        self.spilled = false;
+        let mut out = Vec::with_capacity(held.len());
+        for (k, item) in held {
+            if k > self.max_loaded {
+                self.max_loaded = k;
+                out.push((k, item));
+            }
+        }
+        out
     }
 
-    /// A read failed: try again after `retry_at`.
+    /// Memory is full before `key`: it and what follows stay on disk.
+    pub(crate) fn spill_before(&mut self, key: u64) {
+        self.spilled = true;
+        self.max_loaded = self.max_loaded.min(key.saturating_sub(1));
+    }
+
+    /// A read failed: try again after `retry_at`; what was held is on disk.
     pub(crate) fn read_failed(&mut self, retry_at: Millis) {
         self.reading = false;
+        self.held.clear();
+        self.overflow = false;
         self.retry_at = retry_at;
     }
 }
+
+/// Most rows held while a read is in flight (beyond that they stay on disk
+/// and the next read gets them): enough for the commits of one read's
+/// duration at full load, small next to the memory bound.
+pub(crate) const HOLD_MAX: usize = 1024;
 
 /// The queued downstream messages.
 #[derive(Debug)]
@@ -218,11 +273,11 @@ pub(crate) struct Queue {
     target_backoff: HashMap<Arc<str>, Millis>,
     lanes: HashMap<Arc<str>, usize>,
     /// Queued rows on disk.
-    pub(crate) paging: Paging,
+    pub(crate) paging: Paging<Msg>,
 }
 
 impl Queue {
-    pub(crate) fn new(spilled: bool) -> Queue {
+    pub(crate) fn new(spilled: bool, mem_messages: usize) -> Queue {
         Queue {
             msgs: IdMap::default(),
             ready: Ready::default(),
@@ -230,7 +285,7 @@ impl Queue {
             timers: BinaryHeap::new(),
             target_backoff: HashMap::new(),
             lanes: HashMap::new(),
-            paging: Paging::on_disk(spilled),
+            paging: Paging::new(spilled, mem_messages.min(HOLD_MAX)),
         }
     }
 
@@ -439,7 +494,7 @@ mod tests {
 
     #[test]
     fn sessions_take_turns() {
-        let mut q = Queue::new(false);
+        let mut q = Queue::new(false, 100);
         for id in 1..=5 {
             let m = msg(&mut q, "flood", None);
             q.insert(id, m, None, 0);
@@ -454,7 +509,7 @@ mod tests {
 
     #[test]
     fn groups_go_one_at_a_time() {
-        let mut q = Queue::new(false);
+        let mut q = Queue::new(false, 100);
         for id in 1..=3 {
             let m = msg(&mut q, "s", Some("g"));
             q.insert(id, m, None, 0);
@@ -477,7 +532,7 @@ mod tests {
 
     #[test]
     fn timers_and_target_backoff() {
-        let mut q = Queue::new(false);
+        let mut q = Queue::new(false, 100);
         let m = msg(&mut q, "s", None);
         q.insert(1, m, Some(500), 0);
         assert_eq!(q.pop_ready(), None);
@@ -499,30 +554,53 @@ mod tests {
     }
 
     #[test]
-    fn paging_admits_in_order_and_marks_reads_dirty() {
-        let mut p = Paging::on_disk(false);
-        assert!(p.admit(1, true));
-        assert!(!p.admit(2, false), "no room: stays on disk");
+    fn paging_admits_in_order_and_holds_rows_during_reads() {
+        let mut p: Paging<&str> = Paging::new(false, 10);
+        assert_eq!(p.admit(1, "a", true), Some("a"));
+        assert_eq!(p.admit(2, "b", false), None, "no room: stays on disk");
         assert!(p.spilled);
-        assert!(
-            !p.admit(3, true),
+        assert_eq!(
+            p.admit(3, "c", true),
+            None,
             "after a spill, later rows stay on disk too"
         );
         assert_eq!(p.start_read(0), Some(1));
         assert_eq!(p.start_read(0), None, "one read at a time");
-        // Committed while the read is in flight: the read may miss it.
-        assert!(!p.admit(4, true));
-        p.finish_read(2, 10, Some(3));
-        assert!(p.spilled, "row 4 may be missing: read again");
-        assert_eq!(p.start_read(0), Some(3));
-        p.finish_read(1, 10, Some(4));
-        assert!(!p.spilled);
-        assert!(!p.admit(4, true), "already loaded");
-        assert!(p.admit(5, true));
-        let mut p = Paging::on_disk(true);
+        // Committed while the read is in flight: held.
+        assert_eq!(p.admit(4, "d", true), None);
+        assert_eq!(p.admit(5, "e", true), None);
+        // The read saw 2..=4 (4 was durable when it ran); 5 it did not see.
+        assert_eq!(p.finish_read(3, 10, Some(4)), vec![(5, "e")]);
+        assert!(!p.spilled, "memory is complete again");
+        assert_eq!(p.admit(5, "e", true), None, "already loaded");
+        assert_eq!(p.admit(6, "f", true), Some("f"));
+        // A full read leaves the held rows on disk for the next one.
+        p.spill_before(7);
+        assert_eq!(p.max_loaded, 6);
+        assert_eq!(p.start_read(0), Some(6));
+        assert_eq!(p.admit(9, "i", true), None);
+        assert!(p.finish_read(2, 2, Some(8)).is_empty());
+        assert!(p.spilled);
+        // Holding is bounded.
+        let mut p: Paging<u64> = Paging::new(true, 2);
+        p.start_read(0);
+        for k in 1..=3 {
+            p.admit(k, k, true);
+        }
+        assert!(
+            p.finish_read(0, 10, None).is_empty(),
+            "overflowed: read again"
+        );
+        assert!(p.spilled);
+        let mut p: Paging<u64> = Paging::new(true, 2);
         assert_eq!(p.start_read(0), Some(0));
+        p.admit(1, 1, true);
         p.read_failed(1_000);
         assert_eq!(p.start_read(999), None);
         assert_eq!(p.start_read(1_000), Some(0));
+        assert!(
+            p.finish_read(0, 10, None).is_empty(),
+            "held rows of a failed read are on disk"
+        );
     }
 }

@@ -15,6 +15,11 @@ use crate::session::out::Out;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+/// Most lines one outbox read returns. Pages smaller than the memory bound
+/// keep each read's transient allocation small (reads run on another
+/// thread, whose allocator arena keeps what it once held).
+const OUTBOX_PAGE: usize = 2048;
+
 /// One session's outbox.
 #[derive(Debug)]
 pub(crate) struct SessionState {
@@ -25,17 +30,17 @@ pub(crate) struct SessionState {
     /// Written, not yet ACKed.
     inflight: BTreeMap<u64, Arc<str>>,
     /// Lines on disk only.
-    paging: Paging,
+    paging: Paging<Arc<str>>,
 }
 
 impl SessionState {
     /// `on_disk`: the store holds lines for it (read on first use).
-    fn new(on_disk: bool) -> SessionState {
+    fn new(on_disk: bool, mem_outbox: usize) -> SessionState {
         SessionState {
             conn: None,
             queue: VecDeque::new(),
             inflight: BTreeMap::new(),
-            paging: Paging::on_disk(on_disk),
+            paging: Paging::new(on_disk, mem_outbox.min(super::queue::HOLD_MAX)),
         }
     }
 
@@ -73,18 +78,19 @@ impl Sessions {
         max_unacked: usize,
         mem_outbox: usize,
     ) -> Sessions {
+        let mem_outbox = mem_outbox.max(1);
         let mut map = HashMap::new();
         for (s, n) in with_outbox {
-            map.insert(Arc::from(s.as_str()), SessionState::new(*n > 0));
+            map.insert(Arc::from(s.as_str()), SessionState::new(*n > 0, mem_outbox));
         }
         for s in configured {
             map.entry(Arc::from(s.as_str()))
-                .or_insert_with(|| SessionState::new(false));
+                .or_insert_with(|| SessionState::new(false, mem_outbox));
         }
         Sessions {
             map,
             max_unacked: max_unacked.max(1),
-            mem_outbox: mem_outbox.max(1),
+            mem_outbox,
         }
     }
 
@@ -100,10 +106,11 @@ impl Sessions {
 
     /// `conn` logged on to `session`: returns the connection it took over.
     pub(crate) fn attach(&mut self, session: &Arc<str>, conn: ConnId) -> Option<ConnId> {
+        let mem_outbox = self.mem_outbox;
         let st = self
             .map
             .entry(session.clone())
-            .or_insert_with(|| SessionState::new(false));
+            .or_insert_with(|| SessionState::new(false, mem_outbox));
         let old = st.conn.replace(conn);
         st.take_back();
         old
@@ -145,31 +152,25 @@ impl Sessions {
         let st = self
             .map
             .entry(session.clone())
-            .or_insert_with(|| SessionState::new(false));
+            .or_insert_with(|| SessionState::new(false, limit));
         let room = st.queue.len() < limit;
-        if st.paging.admit(seq, room) {
+        if let Some(line) = st.paging.admit(seq, line, room) {
             st.queue.push_back((seq, line));
         }
     }
 
     /// Writes what the session's window allows to its connection; asks for
-    /// the next page when the queue ran dry and more is on disk.
+    /// the next page while more is on disk and the queue runs low (before it
+    /// runs dry, so the BAL is not kept waiting for the read).
     pub(crate) fn pump(&mut self, session: &Arc<str>, now: Millis, out: &mut Vec<Output>) {
         let max = self.max_unacked;
-        let limit = self.mem_outbox;
+        let mem = self.mem_outbox;
         let Some(st) = self.map.get_mut(session) else {
             return;
         };
         let Some(conn) = st.conn else { return };
         while st.inflight.len() < max {
             let Some((seq, line)) = st.queue.pop_front() else {
-                if let Some(after) = st.paging.start_read(now) {
-                    out.push(Output::LoadOutbox {
-                        session: session.clone(),
-                        after,
-                        limit,
-                    });
-                }
                 break;
             };
             out.push(Output::Write {
@@ -177,6 +178,16 @@ impl Sessions {
                 out: Out::Line(line.clone()),
             });
             st.inflight.insert(seq, line);
+        }
+        let page = mem.min(OUTBOX_PAGE);
+        if st.queue.len() <= page / 2 {
+            if let Some(after) = st.paging.start_read(now) {
+                out.push(Output::LoadOutbox {
+                    session: session.clone(),
+                    after,
+                    limit: page.min(mem - st.queue.len()),
+                });
+            }
         }
     }
 
@@ -199,7 +210,15 @@ impl Sessions {
                 st.queue.push_back((r.seq, Arc::from(r.body)));
             }
         }
-        st.paging.finish_read(n, limit, last);
+        // Lines committed during the read that it did not return follow
+        // it, while memory has room; the rest stays on disk.
+        for (seq, line) in st.paging.finish_read(n, limit, last) {
+            if st.queue.len() >= limit {
+                st.paging.spill_before(seq);
+                break;
+            }
+            st.queue.push_back((seq, line));
+        }
     }
 
     /// A page read failed: retried after `retry_at`.

@@ -867,28 +867,48 @@ fn queued_messages_page_in_from_disk() {
         panic!("no second page: {:?}", r.loads);
     };
     assert_eq!(after, 4);
-    // A new message accepted meanwhile stays on disk (the read may miss
-    // it, so the disk stays marked as holding more).
+    // A message accepted while this (full) read runs stays on disk: the
+    // next read returns it.
     r.attach(S, 10);
     r.send(10, "new", None, "tok");
     r.commit();
     r.input(Input::QueuedPage {
         limit: 4,
-        rows: Ok((5..=7).map(row).collect()),
+        rows: Ok((5..=8).map(row).collect()),
     });
-    assert_eq!(r.take_sent(), vec![5, 6, 7]);
-    for id in 3..=7 {
+    assert_eq!(r.take_sent(), vec![5, 6, 7, 8]);
+    for id in 3..=8 {
         r.deliver(1, id);
     }
     let Some(Output::LoadQueued { after, .. }) = r.loads.pop() else {
         panic!("no third page: {:?}", r.loads);
     };
-    assert_eq!(after, 7);
+    assert_eq!(after, 8);
+    // While that read runs, another message is accepted: the read (short:
+    // the disk is exhausted) does not return it, so it is taken from
+    // memory after the read.
+    r.send(10, "newer", None, "tok");
+    r.commit();
+    let mut new_row = row(11);
+    new_row.message_id = "new".into();
     r.input(Input::QueuedPage {
         limit: 4,
-        rows: Ok(vec![row(8), row(9), row(10)]),
+        rows: Ok(vec![row(9), row(10), new_row]),
     });
-    assert_eq!(r.take_sent(), vec![8, 9, 10]);
+    assert_eq!(r.take_sent(), vec![9, 10, 11, 12]);
+    assert!(
+        !r.core.snapshot().messages_spilled,
+        "memory is complete again"
+    );
+    // From now on accepted messages go straight to memory (when it has
+    // room).
+    for id in 9..=12 {
+        r.deliver(1, id);
+    }
+    r.send(10, "newest", None, "tok");
+    r.commit();
+    assert_eq!(r.take_sent(), vec![13]);
+    assert!(r.loads.is_empty());
 }
 
 #[test]
@@ -951,6 +971,16 @@ fn outboxes_page_in_from_disk() {
         panic!("no second outbox read: {:?}", r.loads);
     };
     assert_eq!(after, 6);
+    // While this read runs, an upstream message is stored for the session
+    // (sequence id 10, after everything on disk): held, and delivered after
+    // the read's rows without another read.
+    r.link(upstream("during-read", S));
+    r.commit();
+    assert_eq!(
+        r.lines(10, "UPSTREAM").len(),
+        2,
+        "nothing overtakes the disk"
+    );
     r.input(Input::OutboxPage {
         session: Arc::from(S),
         limit: 2,
@@ -961,7 +991,9 @@ fn outboxes_page_in_from_disk() {
         .iter()
         .map(|l| l["sequence_id"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, vec![4, 6, 9]);
+    assert_eq!(seqs, vec![4, 6, 9, 10]);
+    assert!(r.loads.is_empty(), "the outbox is in memory again");
+    assert!(!r.core.snapshot().sessions[0].spilled);
 }
 
 // ----- the store contract ------------------------------------------------------
@@ -1135,6 +1167,34 @@ fn receipts_go_to_the_sender_via_memory_or_the_store() {
     });
     r.commit();
     assert_eq!(r.lines(20, "DOWNSTREAM_RECEIPT").len(), 1);
+}
+
+#[test]
+fn a_receipt_before_its_ack_is_routed_without_a_lookup() {
+    // FCM may send the receipt on another connection than the ack.
+    let mut r = Rig::new(cfg());
+    r.attach(S, 10);
+    r.ready(1, 10);
+    r.input(Input::Downstream(Box::new(Incoming {
+        session: Arc::from(S),
+        conn: 10,
+        group_id: None,
+        message_id: "early".into(),
+        body: r#"{"to":"tok","message_id":"early","delivery_receipt_requested":true}"#.into(),
+        ttl_ms: 600_000,
+        receipt: true,
+        target: "tok".into(),
+        rejected: None,
+    })));
+    r.commit();
+    assert_eq!(r.take_sent(), vec![1]);
+    r.link(receipt("dr2:early", "early"));
+    assert!(r.loads.is_empty(), "no store lookup: {:?}", r.loads);
+    r.commit();
+    assert_eq!(r.lines(10, "DOWNSTREAM_RECEIPT").len(), 1);
+    r.deliver(1, 1);
+    r.commit();
+    assert_eq!(r.lines(10, "DOWNSTREAM_ACK").len(), 1);
 }
 
 #[test]

@@ -38,7 +38,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -68,8 +68,11 @@ impl Marks {
 #[derive(Clone)]
 pub struct SqliteStore {
     tx: mpsc::Sender<writer::ToWriter>,
-    reader: Arc<Mutex<Connection>>,
+    reader: mpsc::Sender<ReadJob>,
     path: Arc<PathBuf>,
+    /// The marks (the reader thread and the syncer hold them too); the
+    /// tests lower them to see reads stop there.
+    #[cfg(test)]
     marks: Arc<Marks>,
     _lock: Arc<File>,
     _stop: Arc<StopOnDrop>,
@@ -178,8 +181,9 @@ impl SqliteStore {
         Ok((
             SqliteStore {
                 tx: tx.clone(),
-                reader: Arc::new(Mutex::new(r)),
+                reader: start_reader(r, path, marks.clone()).map_err(io)?,
                 path: Arc::new(path.to_path_buf()),
+                #[cfg(test)]
                 marks,
                 _lock: Arc::new(lock),
                 _stop: Arc::new(StopOnDrop(tx)),
@@ -194,23 +198,50 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs a read on a blocking thread with the reader connection.
+    /// Runs a read on the reader thread, with the reader connection.
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, &Marks) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFuture<'static, ReadResult<T>> {
-        let reader = self.reader.clone();
-        let marks = self.marks.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let path = self.path.clone();
+        let job: ReadJob = Box::new(move |c, marks| {
+            let _ = tx.send(f(c, marks).map_err(sql(&path)));
+        });
+        let sent = self.reader.send(job).is_ok();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let guard = reader.lock().map_err(|_| StoreError::Stopped)?;
-                f(&guard, &marks).map_err(sql(&path))
-            })
-            .await
-            .map_err(|_| StoreError::Stopped)?
+            if !sent {
+                return Err(StoreError::Stopped);
+            }
+            rx.await.map_err(|_| StoreError::Stopped)?
         })
     }
+}
+
+/// A read for the reader thread.
+type ReadJob = Box<dyn FnOnce(&Connection, &Marks) + Send>;
+
+/// Starts the reader thread: it owns the read-only connection and runs the
+/// reads one after another. One thread rather than tokio's blocking pool:
+/// the rows a read allocates then always come from one allocator arena,
+/// which keeps the gateway's memory flat (with a thread per read, each
+/// thread's arena keeps what its reads once held).
+fn start_reader(
+    conn: Connection,
+    path: &Path,
+    marks: Arc<Marks>,
+) -> std::io::Result<mpsc::Sender<ReadJob>> {
+    let (tx, rx) = mpsc::channel::<ReadJob>();
+    let name = path.display().to_string();
+    std::thread::Builder::new()
+        .name("gimmm-store-read".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job(&conn, &marks);
+            }
+            tracing::debug!(store = %name, "store reader stopped");
+        })?;
+    Ok(tx)
 }
 
 fn durable(mark: &AtomicU64) -> i64 {
