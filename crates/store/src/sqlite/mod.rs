@@ -178,13 +178,16 @@ impl SqliteStore {
         let degraded = Arc::new(AtomicBool::new(false));
         let tx = writer::start(w, path, files, committed, marks.clone(), degraded.clone())
             .map_err(io)?;
+        #[cfg(test)]
+        let test_marks = marks.clone();
+        let reader = start_reader(r, path, marks).map_err(io)?;
         Ok((
             SqliteStore {
                 tx: tx.clone(),
-                reader: start_reader(r, path, marks.clone()).map_err(io)?,
+                reader,
                 path: Arc::new(path.to_path_buf()),
                 #[cfg(test)]
-                marks,
+                marks: test_marks,
                 _lock: Arc::new(lock),
                 _stop: Arc::new(StopOnDrop(tx)),
                 degraded,
