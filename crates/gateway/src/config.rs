@@ -1,5 +1,8 @@
-//! Configuration (SPEC §2): a TOML file, `GIMMM_<SECTION>__<KEY>` environment
-//! overrides, defaults for everything, and validation that names the key.
+//! Configuration (SPEC §2, §8.1): a TOML file, `GIMMM_<SECTION>__<KEY>`
+//! environment overrides, defaults for everything, and validation that names
+//! the key. `[fcm] api` chooses the link (XMPP or HTTP v1, see
+//! [`Config::link`]); an HTTP v1 service-account key file is read and
+//! checked at load time, and refused naming the problem, never its content.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -52,10 +55,64 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
+/// `fcm.api`: which FCM API gimmm speaks (SPEC §8.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// HTTP v1 when a service account is configured, XMPP when a server key
+    /// is; neither: the in-process XMPP emulator.
+    #[default]
+    Auto,
+    /// FCM's XMPP connection server (CCS).
+    Xmpp,
+    /// FCM's HTTP v1 API.
+    HttpV1,
+}
+
+/// The link gimmm will run, as [`Config::link`] resolves `fcm.api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChoice {
+    /// XMPP to CCS; `emulator` when no credentials are configured (then the
+    /// in-process CCS emulator is the endpoint).
+    Xmpp {
+        /// No server key: the in-process emulator.
+        emulator: bool,
+    },
+    /// FCM HTTP v1; `emulator` when no service account is configured (then
+    /// the in-process HTTP v1 emulator is the endpoint).
+    HttpV1 {
+        /// No service account: the in-process emulator.
+        emulator: bool,
+    },
+}
+
+impl LinkChoice {
+    /// True for the HTTP v1 link.
+    pub fn is_http_v1(self) -> bool {
+        matches!(self, LinkChoice::HttpV1 { .. })
+    }
+
+    /// True when gimmm must start an in-process emulator.
+    pub fn is_emulator(self) -> bool {
+        match self {
+            LinkChoice::Xmpp { emulator } | LinkChoice::HttpV1 { emulator } => emulator,
+        }
+    }
+}
+
+/// Default `fcm.endpoint`: Google's FCM HTTP v1 API.
+pub const DEFAULT_V1_ENDPOINT: &str = "https://fcm.googleapis.com";
+
+/// The environment variable Google's libraries read the service-account key
+/// file from (SPEC §8.1).
+pub const GOOGLE_APPLICATION_CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
 /// `[fcm]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FcmConfig {
+    /// Which API: `auto`, `xmpp` or `http_v1`.
+    pub api: Api,
     /// CCS host.
     pub host: String,
     /// CCS port (5235 production, 5236 testing).
@@ -78,6 +135,23 @@ pub struct FcmConfig {
     pub keepalive_secs: u64,
     /// Largest stanza accepted from CCS.
     pub max_stanza_bytes: usize,
+    /// HTTP v1: the Google service-account JSON key file; when unset,
+    /// `$GOOGLE_APPLICATION_CREDENTIALS` (resolved by [`Config::load`]).
+    pub service_account_file: Option<PathBuf>,
+    /// HTTP v1: the project; empty = the key file's `project_id`.
+    pub project_id: String,
+    /// HTTP v1: base URL of the API.
+    pub endpoint: String,
+    /// HTTP v1: client-side project quota (a token bucket over the pool); 0
+    /// = no limit.
+    pub max_messages_per_minute: u64,
+    /// HTTP v1: a request without an answer after this long is retried.
+    pub request_timeout_secs: u64,
+    /// Where `service_account_file` came from when it was not in the file
+    /// or a `GIMMM_` variable (`$GOOGLE_APPLICATION_CREDENTIALS`), for
+    /// messages.
+    #[serde(skip)]
+    pub service_account_from_env: bool,
 }
 
 impl Default for FcmConfig {
@@ -94,16 +168,59 @@ impl Default for FcmConfig {
             ca_file: None,
             keepalive_secs: 60,
             max_stanza_bytes: 64 * 1024,
+            api: Api::Auto,
+            service_account_file: None,
+            project_id: String::new(),
+            endpoint: DEFAULT_V1_ENDPOINT.into(),
+            max_messages_per_minute: 600_000,
+            request_timeout_secs: 30,
+            service_account_from_env: false,
         }
     }
 }
 
 impl FcmConfig {
-    /// True when no credentials are configured: gimmm then runs the
-    /// in-process emulator.
+    /// True when XMPP credentials are configured (sender id and server
+    /// key). Without them the XMPP link runs against the in-process
+    /// emulator.
     pub fn has_credentials(&self) -> bool {
         !self.sender_id.is_empty()
             && (!self.server_key.is_empty() || self.server_key_file.is_some())
+    }
+
+    /// True when an HTTP v1 service account is configured (the key file, or
+    /// `$GOOGLE_APPLICATION_CREDENTIALS` once resolved by [`Config::load`]).
+    pub fn has_service_account(&self) -> bool {
+        self.service_account_file
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The config key (or variable) the service account came from, for
+    /// messages.
+    pub fn service_account_key(&self) -> &'static str {
+        if self.service_account_from_env {
+            GOOGLE_APPLICATION_CREDENTIALS
+        } else {
+            "fcm.service_account_file"
+        }
+    }
+
+    /// Reads and checks the service-account key file, if one is configured
+    /// (SPEC §8.1). The error names the key and the problem, never the
+    /// key's content.
+    pub fn load_service_account(
+        &self,
+    ) -> Result<Option<crate::link::http_v1::ServiceAccount>, ConfigError> {
+        let Some(path) = self.service_account_file.as_deref() else {
+            return Ok(None);
+        };
+        if path.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        crate::link::http_v1::ServiceAccount::from_file(path)
+            .map(Some)
+            .map_err(|e| invalid(self.service_account_key(), e.to_string()))
     }
 }
 
@@ -257,12 +374,13 @@ impl Config {
     /// `GIMMM_*` environment overrides, resolves `server_key_file`, validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("GIMMM_"))
+            .filter(|(k, _)| k.starts_with("GIMMM_") || k == GOOGLE_APPLICATION_CREDENTIALS)
             .collect();
         Config::load_with_env(path, &env)
     }
 
-    /// [`Config::load`] with an explicit environment (for tests).
+    /// [`Config::load`] with an explicit environment (for tests): the
+    /// `GIMMM_*` overrides and `GOOGLE_APPLICATION_CREDENTIALS`.
     pub fn load_with_env(
         path: Option<&Path>,
         env: &[(String, String)],
@@ -317,8 +435,48 @@ impl Config {
             })?;
             cfg.fcm.server_key = Secret::new(key.trim());
         }
+        if !cfg.fcm.has_service_account() {
+            // Google's convention, honoured unless the config names a file.
+            if let Some((_, v)) = env
+                .iter()
+                .find(|(k, v)| k == GOOGLE_APPLICATION_CREDENTIALS && !v.is_empty())
+            {
+                cfg.fcm.service_account_file = Some(PathBuf::from(v));
+                cfg.fcm.service_account_from_env = true;
+            }
+        }
         cfg.validate()?;
+        if cfg.link()?.is_http_v1() {
+            cfg.fcm.load_service_account()?;
+        }
         Ok(cfg)
+    }
+
+    /// Which link gimmm runs (SPEC §8.1): `fcm.api`, and for `auto` the
+    /// credentials configured (a service account: HTTP v1; a server key:
+    /// XMPP; both: an error naming both; neither: the in-process XMPP
+    /// emulator).
+    pub fn link(&self) -> Result<LinkChoice, ConfigError> {
+        let sa = self.fcm.has_service_account();
+        let xmpp = self.fcm.has_credentials();
+        Ok(match self.fcm.api {
+            Api::Xmpp => LinkChoice::Xmpp { emulator: !xmpp },
+            Api::HttpV1 => LinkChoice::HttpV1 { emulator: !sa },
+            Api::Auto => match (sa, xmpp) {
+                (true, true) => {
+                    return Err(invalid(
+                        "fcm.api",
+                        format!(
+                            "\"auto\" found both an HTTP v1 service account ({}) and an XMPP server key (fcm.sender_id / fcm.server_key); configure one, or set fcm.api to \"http_v1\" or \"xmpp\"",
+                            self.fcm.service_account_key()
+                        ),
+                    ))
+                }
+                (true, false) => LinkChoice::HttpV1 { emulator: false },
+                (false, true) => LinkChoice::Xmpp { emulator: false },
+                (false, false) => LinkChoice::Xmpp { emulator: true },
+            },
+        })
     }
 
     /// Checks ranges and consistency.
@@ -341,6 +499,12 @@ impl Config {
         if self.fcm.max_stanza_bytes < 1024 {
             return Err(invalid("fcm.max_stanza_bytes", "must be >= 1024"));
         }
+        if self.fcm.request_timeout_secs == 0 {
+            return Err(invalid("fcm.request_timeout_secs", "must be > 0"));
+        }
+        crate::link::http_v1::Endpoint::parse(&self.fcm.endpoint)
+            .map_err(|e| invalid("fcm.endpoint", e))?;
+        self.link()?;
         if !self.fcm.sender_id.is_empty() && self.fcm.server_key.is_empty() {
             return Err(invalid(
                 "fcm.server_key",
@@ -452,7 +616,16 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             (section.as_str(), key.as_str()),
             (
                 "fcm",
-                "host" | "sender_id" | "server_key" | "server_key_file" | "auth_domain" | "ca_file"
+                "host"
+                    | "sender_id"
+                    | "server_key"
+                    | "server_key_file"
+                    | "auth_domain"
+                    | "ca_file"
+                    | "api"
+                    | "service_account_file"
+                    | "project_id"
+                    | "endpoint"
             ) | ("bal", "listen")
                 | ("store", "path")
                 | ("admin", "listen" | "token")
