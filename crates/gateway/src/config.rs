@@ -717,4 +717,170 @@ mod tests {
         assert!(!dbg.contains("sekrit") && !dbg.contains("\"t\""), "{dbg}");
         assert!(load_str(MIN, &[("GIMMM_NOPE__X", "1")]).is_err());
     }
+
+    /// A throw-away RSA service-account key file (PKCS#8 PEM, as Google's).
+    pub(crate) fn rsa_key_file(dir: &Path, project: Option<&str>) -> PathBuf {
+        use aws_lc_rs::encoding::AsDer;
+        use base64::Engine as _;
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'static>>::as_der(&kp).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        let mut v = serde_json::json!({
+            "type": "service_account", "private_key_id": "k1", "private_key": pem,
+            "client_email": "gimmm@p.iam.gserviceaccount.com",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        });
+        if let Some(p) = project {
+            v["project_id"] = p.into();
+        }
+        let path = dir.join(format!("sa-{}.json", project.unwrap_or("none")));
+        std::fs::write(&path, v.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn api_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rsa_key_file(dir.path(), Some("proj-1"));
+        let sa = format!(
+            "[fcm]\nservice_account_file = {:?}\n",
+            key.display().to_string()
+        );
+        let xmpp = "[fcm]\nsender_id = \"1\"\nserver_key = \"k\"\n";
+        let c = load_str(&format!("{MIN}{sa}"), &[]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::HttpV1 { emulator: false });
+        assert_eq!(c.fcm.endpoint, DEFAULT_V1_ENDPOINT);
+        assert_eq!(c.fcm.max_messages_per_minute, 600_000);
+        assert_eq!(c.fcm.request_timeout_secs, 30);
+        let c = load_str(&format!("{MIN}{xmpp}"), &[]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::Xmpp { emulator: false });
+        let c = load_str(MIN, &[]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::Xmpp { emulator: true });
+        let c = load_str(MIN, &[("GIMMM_FCM__API", "http_v1")]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::HttpV1 { emulator: true });
+        // Both: refused, naming both.
+        let both = format!(
+            "{MIN}{xmpp}service_account_file = {:?}\n",
+            key.display().to_string()
+        );
+        let e = load_str(&both, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("fcm.service_account_file")
+                && e.contains("fcm.server_key")
+                && e.contains("fcm.api"),
+            "{e}"
+        );
+        // An explicit api settles it.
+        let c = load_str(&both, &[("GIMMM_FCM__API", "xmpp")]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::Xmpp { emulator: false });
+        let e = load_str(&format!("{MIN}[fcm]\napi = \"grpc\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("api"), "{e}");
+    }
+
+    #[test]
+    fn google_application_credentials_and_string_env_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rsa_key_file(dir.path(), Some("proj-2"));
+        let k = key.display().to_string();
+        let c = load_str(
+            MIN,
+            &[
+                (GOOGLE_APPLICATION_CREDENTIALS, k.as_str()),
+                ("GIMMM_FCM__PROJECT_ID", "123456"),
+                ("GIMMM_FCM__ENDPOINT", "https://127.0.0.1:9/base"),
+                ("GIMMM_FCM__MAX_MESSAGES_PER_MINUTE", "60"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::HttpV1 { emulator: false });
+        assert!(c.fcm.service_account_from_env);
+        assert_eq!(c.fcm.service_account_key(), GOOGLE_APPLICATION_CREDENTIALS);
+        assert_eq!(c.fcm.project_id, "123456");
+        assert_eq!(c.fcm.max_messages_per_minute, 60);
+        let sa = c.fcm.load_service_account().unwrap().unwrap();
+        assert_eq!(sa.project_id.as_deref(), Some("proj-2"));
+        assert_eq!(sa.client_email, "gimmm@p.iam.gserviceaccount.com");
+        // The file in the config wins over the variable.
+        let other = rsa_key_file(dir.path(), Some("proj-3"));
+        let text = format!(
+            "{MIN}[fcm]\nservice_account_file = {:?}\n",
+            other.display().to_string()
+        );
+        let c = load_str(&text, &[(GOOGLE_APPLICATION_CREDENTIALS, k.as_str())]).unwrap();
+        assert!(!c.fcm.service_account_from_env);
+        assert_eq!(c.fcm.service_account_file.as_deref(), Some(other.as_path()));
+        // A bad file named by the variable: the variable is named.
+        let e = load_str(
+            MIN,
+            &[(GOOGLE_APPLICATION_CREDENTIALS, "/nonexistent/sa.json")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(GOOGLE_APPLICATION_CREDENTIALS) && e.contains("/nonexistent/sa.json"),
+            "{e}"
+        );
+        let e = load_str(MIN, &[("GIMMM_FCM__ENDPOINT", "http://fcm.example")]).unwrap_err();
+        assert!(e.to_string().contains("fcm.endpoint"), "{e}");
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_naming_the_problem_not_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = rsa_key_file(dir.path(), Some("p"));
+        let text = std::fs::read_to_string(&good).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let pem = v["private_key"].as_str().unwrap().to_string();
+        // A line from the middle of the key's base64 body.
+        let body_line = pem.lines().nth(5).unwrap().to_string();
+        let write = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        let mut no_key = v.clone();
+        no_key.as_object_mut().unwrap().remove("private_key");
+        let mut ec = v.clone();
+        ec["private_key"] = rcgen::KeyPair::generate().unwrap().serialize_pem().into();
+        let mut broken = v.clone();
+        broken["private_key"] = pem.replace(&body_line, &"A".repeat(body_line.len())).into();
+        let cases = [
+            (dir.path().join("missing.json"), "cannot read"),
+            (write("trunc.json", &text[..text.len() / 2]), "not JSON"),
+            (
+                write("nokey.json", &no_key.to_string()),
+                "no \"private_key\"",
+            ),
+            (write("ec.json", &ec.to_string()), "not an RSA private key"),
+            (write("broken.json", &broken.to_string()), "RSA"),
+        ];
+        for (path, want) in cases {
+            let cfg = format!(
+                "{MIN}[fcm]\nservice_account_file = {:?}\n",
+                path.display().to_string()
+            );
+            let e = load_str(&cfg, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("fcm.service_account_file") && e.contains(want),
+                "{want}: {e}"
+            );
+            assert!(
+                !e.contains(&body_line) && !e.contains("BEGIN"),
+                "the key leaks: {e}"
+            );
+        }
+        // No project anywhere: the key loads, the gateway asks for one
+        // (fcm.project_id), and Debug never shows the key.
+        let sa = crate::link::http_v1::ServiceAccount::from_file(&rsa_key_file(dir.path(), None))
+            .unwrap();
+        assert!(sa.project_id.is_none());
+        let dbg = format!("{sa:?}");
+        assert!(!dbg.contains(&body_line) && !dbg.contains("BEGIN"), "{dbg}");
+    }
 }

@@ -127,3 +127,44 @@ pub fn downstream(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prep(rules: Rules, raw: &str) -> Incoming {
+        let session: Arc<str> = Arc::from("s");
+        downstream(&IdSource::new(), rules, &session, 1, None, raw)
+    }
+
+    #[test]
+    fn xmpp_refuses_v1_blocks_naming_the_key() {
+        for key in ["android", "apns", "webpush", "fcm_options"] {
+            let raw = format!(r#"{{"to":"t","message_id":"m","{key}":{{}}}}"#);
+            let inc = prep(Rules::Xmpp, &raw);
+            let (code, desc) = inc.rejected.expect("refused");
+            assert_eq!(code.as_str(), "INVALID_JSON");
+            assert!(desc.contains(key), "{desc}");
+            // The v1 link takes them.
+            assert!(prep(Rules::HttpV1, &raw).rejected.is_none(), "{key}");
+        }
+    }
+
+    #[test]
+    fn v1_rules_add_v1_checks_and_keep_the_receipt_flag() {
+        let inc = prep(
+            Rules::HttpV1,
+            r#"{"to":"t","message_id":"m","delivery_receipt_requested":true,"data":{"n":1}}"#,
+        );
+        assert!(inc.rejected.is_none());
+        assert!(inc.receipt, "the engine adds the no-receipts warning");
+        let inc = prep(
+            Rules::HttpV1,
+            r#"{"to":"t","message_id":"m","android":{"ttl":"2419201s"}}"#,
+        );
+        assert_eq!(inc.rejected.unwrap().0.as_str(), "INVALID_JSON");
+        // §3.2's rules still apply, and win.
+        let inc = prep(Rules::HttpV1, r#"{"message_id":"m","data":{"from":"x"}}"#);
+        assert!(inc.rejected.is_some());
+    }
+}

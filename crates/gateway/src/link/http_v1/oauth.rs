@@ -50,6 +50,10 @@ pub const LONG_LIVED: Duration = Duration::from_secs(600);
 /// How long before expiry a long-lived token is refreshed.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
+/// What the error says once no token is left.
+const NO_TOKEN: &str =
+    "the FCM access token expired or was refused, and no new one could be fetched";
+
 /// Largest token endpoint answer read.
 const MAX_TOKEN_BODY: usize = 64 * 1024;
 
@@ -244,7 +248,7 @@ pub async fn refresh_loop(
                     let why = s.error.as_ref().map(|e| e.message.as_str()).unwrap_or("no refresh yet");
                     let refused = s.error.as_ref().is_some_and(|e| e.refused);
                     s.error = Some(TokenError {
-                        message: format!("the access token expired and no new one could be fetched ({why})"),
+                        message: format!("{NO_TOKEN}: {why}"),
                         refused,
                     });
                 });
@@ -288,7 +292,7 @@ pub async fn refresh_loop(
                 });
             }
             r => {
-                let e = match r {
+                let mut e = match r {
                     Err(e) => e,
                     Ok(_) => TokenError {
                         message: "the token endpoint issued an access token that expires at once"
@@ -296,6 +300,10 @@ pub async fn refresh_loop(
                         refused: false,
                     },
                 };
+                if forced || (generation > 0 && expires_at.is_none()) {
+                    // No token to fall back on: say so.
+                    e.message = format!("{NO_TOKEN}: {}", e.message);
+                }
                 let result = if e.refused { "refused" } else { "error" };
                 metrics::counter!(m::FCM_TOKEN_REFRESH, "result" => result).increment(1);
                 let now = Instant::now();
@@ -640,7 +648,7 @@ mod tests {
         let t0 = Instant::now();
         // A 10-minute token (refreshed at 5 min), then failures, then a token.
         let mut plan = vec![Ok(600)];
-        plan.extend(std::iter::repeat_n(Err(false), 12));
+        plan.extend(std::iter::repeat_n(Err(false), 30));
         plan.push(Ok(600));
         let (src, mut calls) = start(plan);
         let mut state = src.watch();
