@@ -302,3 +302,32 @@ async fn a_silent_connection_is_found_by_ping_and_its_requests_resent() {
     gw.stop().await;
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_client_side_quota_spreads_a_burst() {
+    // 600 a minute: a burst of one, then ~10 a second. FCM's own quota is
+    // the same: not one 429.
+    let env = start(
+        V1Faults {
+            quota_per_minute: Some(600),
+            ..V1Faults::default()
+        },
+        |c| {
+            c.fcm.max_messages_per_minute = 600;
+            c.fcm.connections = 2;
+        },
+    )
+    .await;
+    env.wait_readyz(200).await;
+    let mut p = env.probe().await;
+    let started = tokio::time::Instant::now();
+    run_batch(&mut p, "q", 21).await;
+    let took = started.elapsed();
+    // 20 tokens after the first at 599/60 per second: about 2 s.
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let s = env.emu.stats();
+    assert_eq!(s.quota_rejections, 0, "{s:#?}");
+    assert_eq!(s.delivered, 21);
+    env.stop().await;
+}
