@@ -848,7 +848,7 @@ mod tests {
         no_key.as_object_mut().unwrap().remove("private_key");
         let mut ec = v.clone();
         ec["private_key"] = rcgen::KeyPair::generate().unwrap().serialize_pem().into();
-        let mut broken = v.clone();
+        let mut broken = v;
         broken["private_key"] = pem.replace(&body_line, &"A".repeat(body_line.len())).into();
         let cases = [
             (dir.path().join("missing.json"), "cannot read"),

@@ -256,7 +256,7 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
         |_| {},
     )
     .await;
-    let mut p = env.probe().await;
+    let p = env.probe().await;
     // Traffic for about four token lifetimes.
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut n = 0;

@@ -760,6 +760,6 @@ mod tests {
             .unwrap(),
             "invalid_grant: Invalid JWT Signature."
         );
-        assert_eq!(oauth_error(b"<html>").is_none(), true);
+        assert!(oauth_error(b"<html>").is_none());
     }
 }
