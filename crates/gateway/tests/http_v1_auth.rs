@@ -164,8 +164,9 @@ async fn refusal_holds_messages_then_recovers(status: u16, reason: &str) {
         }
     };
     assert!(body.contains(reason), "{body}");
-    // Held, and probed now and then (the engine's auth backoff is 200 ms
-    // here): wait for a few refused probes, still no final result.
+    // Held (back in the engine's queue), and the credentials probed now and
+    // then (the auth backoff is 200 ms here): wait for a few refused
+    // probes, still no final result.
     let refused = |s: &emulator::v1::V1Stats| {
         if status == 401 {
             s.unauthenticated
@@ -200,7 +201,11 @@ async fn refusal_holds_messages_then_recovers(status: u16, reason: &str) {
     l.assert_exactly_one_final(batch.iter());
     assert!(batch.iter().all(|id| l.final_of(id) == Some(&Final::Ack)));
     env.wait_readyz(200).await;
-    assert_eq!(env.emu.stats().delivered, batch.len() as u64);
+    let s = env.emu.stats();
+    assert_eq!(s.delivered, batch.len() as u64);
+    // The link probed with a validate_only request of its own, not with a
+    // held message.
+    assert!(s.validated_only >= 1, "{s:#?}");
     env.stop().await;
 }
 

@@ -28,10 +28,12 @@
 //!   source's current token; a 401 without FcmError asks the source for a
 //!   new token and resends the message once with it (not an attempt); a
 //!   second 401, or a 403 without FcmError, is an authentication error:
-//!   `AuthFailed`, capacity 0, the messages go back to the engine's queue
-//!   except one the link keeps to probe with, after a backoff; when FCM
-//!   takes it, capacity comes back. No valid token at all (the token
-//!   endpoint failing past expiry) is the same capacity 0 until one comes.
+//!   `AuthFailed`, capacity 0, every message goes back to the engine's
+//!   queue (none is rejected), and after a backoff the link probes the
+//!   credentials with a `validate_only` request of its own (after a 401
+//!   with a fresh token); when FCM takes it, capacity comes back. No valid
+//!   token at all (the token endpoint failing past expiry) is the same
+//!   capacity 0 until one comes.
 //! * **Rate limit**: a send waits for the pool's token bucket
 //!   ([`super::ratelimit`]).
 
@@ -239,7 +241,8 @@ enum ReqError {
 
 /// A finished request.
 struct Done {
-    p: Pending,
+    /// The message; `None` for a credentials probe.
+    p: Option<Pending>,
     /// The token generation it was sent with.
     generation: u64,
     result: Result<Answer, ReqError>,
@@ -319,15 +322,19 @@ enum Refusal {
     Forbidden,
 }
 
-/// FCM refuses the credentials: one message is kept to probe with.
+/// FCM refuses the credentials: the link probes them now and then.
 struct Block {
     kind: Refusal,
-    probe: Option<Pending>,
-    /// When to probe.
-    at: Instant,
+    /// When to probe next (`None` while a probe is on its way).
+    at: Option<Instant>,
     /// Probing after a 401 waits for a token newer than this.
     after_generation: Option<u64>,
 }
+
+/// The request body of a credentials probe: validated by FCM, sent to
+/// nobody (`validate_only`), so it costs no message and no delivery.
+const PROBE_BODY: &[u8] =
+    br#"{"message":{"topic":"gimmm-credentials-probe"},"validate_only":true}"#;
 
 /// Small cache of `gimmm_fcm_http_responses_total` handles by status.
 #[derive(Default)]
@@ -668,7 +675,6 @@ impl Link<'_> {
             && self.inflight.is_empty()
             && self.waiting.is_empty()
             && self.refresh_wait.is_empty()
-            && self.block.as_ref().is_none_or(|b| b.probe.is_none())
     }
 
     /// Everything the link holds unsent goes back to the engine.
@@ -677,9 +683,6 @@ impl Link<'_> {
             self.fail(p.out.id, errors::resend(why));
         }
         for p in std::mem::take(&mut self.refresh_wait) {
-            self.fail(p.out.id, errors::resend(why));
-        }
-        if let Some(p) = self.block.as_mut().and_then(|b| b.probe.take()) {
             self.fail(p.out.id, errors::resend(why));
         }
     }
@@ -756,16 +759,23 @@ impl Link<'_> {
     }
 
     fn start(&mut self, send: &mut SendRequest<Bytes>, p: Pending, now_ms: i64) {
-        let Some(token) = self.token.clone() else {
-            self.fail(p.out.id, errors::resend("no valid access token"));
-            return;
-        };
         let body = match Self::body(&p.out, now_ms) {
             Ok(b) => b,
             Err(f) => {
                 self.fail(p.out.id, f);
                 return;
             }
+        };
+        self.request(send, Some(p), body);
+    }
+
+    /// Opens a stream for `body` (a message's, or a probe's).
+    fn request(&mut self, send: &mut SendRequest<Bytes>, p: Option<Pending>, body: Bytes) {
+        let Some(token) = self.token.clone() else {
+            if let Some(p) = p {
+                self.fail(p.out.id, errors::resend("no valid access token"));
+            }
+            return;
         };
         let mut req = http::Request::new(());
         *req.method_mut() = http::Method::POST;
@@ -792,9 +802,11 @@ impl Link<'_> {
                     }
                 }));
             }
-            Err(e) => match errors::stream_err(&e) {
-                StreamErr::ConnectionLost => self.lost += 1,
-                _ => self.fail(p.out.id, errors::resend("FCM refused a new stream")),
+            Err(e) => match (p, errors::stream_err(&e)) {
+                (Some(_), StreamErr::ConnectionLost) => self.lost += 1,
+                (Some(p), _) => self.fail(p.out.id, errors::resend("FCM refused a new stream")),
+                // A probe that could not go: try again later.
+                (None, _) => self.probe_later(),
             },
         }
     }
@@ -842,6 +854,9 @@ impl Link<'_> {
             generation,
             result,
         } = d;
+        let Some(p) = p else {
+            return self.probe_done(result);
+        };
         let id = p.out.id;
         match result {
             Ok(a) => {
@@ -866,7 +881,7 @@ impl Link<'_> {
                         self.fail(id, f);
                     }
                     Mapped::RefreshToken(f) => self.unauthorized(p, generation, f),
-                    Mapped::AuthError(f) => self.refused(Refusal::Forbidden, p, f),
+                    Mapped::AuthError(f) => self.refused(Refusal::Forbidden, Some(p), &f),
                 }
             }
             Err(ReqError::Timeout) => {
@@ -888,11 +903,30 @@ impl Link<'_> {
         }
     }
 
+    /// The answer to a credentials probe.
+    fn probe_done(&mut self, result: Result<Answer, ReqError>) {
+        let Ok(a) = result else {
+            // No answer (timeout, reset, a broken connection): no news.
+            return self.probe_later();
+        };
+        self.statuses.inc(a.status);
+        if a.status == 200 {
+            return self.credentials_work();
+        }
+        let f = fcm::v1::classify(a.status, None, &a.body);
+        match f.class {
+            fcm::v1::FailureClass::RefreshToken => self.refused(Refusal::Unauthorized, None, &f),
+            fcm::v1::FailureClass::AuthError => self.refused(Refusal::Forbidden, None, &f),
+            // Any other answer (a 5xx, a quota): FCM took the credentials.
+            _ => self.credentials_work(),
+        }
+    }
+
     /// A 401 without FcmError: a new token and one resend, then an
     /// authentication error.
     fn unauthorized(&mut self, mut p: Pending, generation: u64, f: fcm::v1::Failure) {
         if self.block.is_some() || p.refreshed {
-            self.refused(Refusal::Unauthorized, p, f);
+            self.refused(Refusal::Unauthorized, Some(p), &f);
             return;
         }
         p.refreshed = true;
@@ -912,20 +946,21 @@ impl Link<'_> {
     }
 
     /// FCM refuses the credentials (a second 401, a 403): capacity 0,
-    /// everything back to the queue but one message to probe with.
-    fn refused(&mut self, kind: Refusal, p: Pending, f: fcm::v1::Failure) {
+    /// every message back to the queue, a probe after a backoff.
+    fn refused(&mut self, kind: Refusal, p: Option<Pending>, f: &fcm::v1::Failure) {
+        if let Some(p) = p {
+            self.fail(p.out.id, errors::resend("FCM refuses the credentials"));
+        }
         let now = Instant::now();
         match &mut self.block {
             Some(b) => {
                 b.kind = kind;
-                if b.probe.is_none() {
+                if p_is_probe_answer(b) {
                     // The probe came back refused: wait longer.
-                    b.probe = Some(p);
-                    b.at = now + self.auth_backoff.next_delay();
+                    let delay = self.auth_backoff.next_delay();
+                    b.at = Some(now + delay);
                     b.after_generation = None;
-                    tracing::debug!(link = self.id, retry_in = ?b.at - now, "FCM still refuses the credentials");
-                } else {
-                    self.fail(p.out.id, errors::resend("FCM refuses the credentials"));
+                    tracing::debug!(link = self.id, retry_in = ?delay, "FCM still refuses the credentials");
                 }
             }
             None => {
@@ -945,8 +980,7 @@ impl Link<'_> {
                 });
                 self.block = Some(Block {
                     kind,
-                    probe: Some(p),
-                    at: now + delay,
+                    at: Some(now + delay),
                     after_generation: None,
                 });
                 for w in std::mem::take(&mut self.waiting) {
@@ -972,12 +1006,25 @@ impl Link<'_> {
 
     fn probe_at(&self) -> Option<Instant> {
         let b = self.block.as_ref()?;
-        (b.probe.is_some() && b.after_generation.is_none()).then_some(b.at)
+        if b.after_generation.is_some() {
+            return None;
+        }
+        b.at
     }
 
-    /// Time to try the credentials again with the kept message.
+    /// A probe could not be sent or answered: try again after the backoff.
+    fn probe_later(&mut self) {
+        let delay = self.auth_backoff.next_delay();
+        if let Some(b) = self.block.as_mut() {
+            b.at = Some(Instant::now() + delay);
+            b.after_generation = None;
+        }
+    }
+
+    /// Time to try the credentials again.
     fn probe_due(&mut self) {
         let Some(b) = self.block.as_mut() else { return };
+        b.at = None;
         match b.kind {
             Refusal::Unauthorized => {
                 // A new token first.
@@ -990,20 +1037,19 @@ impl Link<'_> {
     }
 
     fn send_probe(&mut self) {
-        let Some(p) = self.block.as_mut().and_then(|b| b.probe.take()) else {
-            return;
-        };
+        if let Some(b) = self.block.as_mut() {
+            b.after_generation = None;
+        }
         if self.token.is_none() {
-            if let Some(b) = self.block.as_mut() {
-                b.probe = Some(p);
-            }
+            // The token's return triggers the next probe.
             return;
         }
-        if let Some(mut send) = self.send.take() {
-            self.start(&mut send, p, store::now_ms());
-            self.send = Some(send);
-        } else {
-            self.fail(p.out.id, errors::resend("the connection is closing"));
+        match self.send.take() {
+            Some(mut send) => {
+                self.request(&mut send, None, Bytes::from_static(PROBE_BODY));
+                self.send = Some(send);
+            }
+            None => self.probe_later(),
         }
     }
 
@@ -1026,11 +1072,10 @@ impl Link<'_> {
                     for p in std::mem::take(&mut self.refresh_wait).into_iter().rev() {
                         self.waiting.push_front(p);
                     }
-                    let probe = self
-                        .block
-                        .as_ref()
-                        .and_then(|b| b.after_generation)
-                        .is_some_and(|g| generation > g);
+                    let probe = self.block.as_ref().is_some_and(|b| {
+                        b.after_generation.is_some_and(|g| generation > g)
+                            || (b.at.is_none() && b.after_generation.is_none())
+                    });
                     if probe {
                         self.send_probe();
                     }
@@ -1059,4 +1104,10 @@ impl Link<'_> {
             }
         }
     }
+}
+
+/// Whether a refusal answers the probe: the probe is out when no probe is
+/// scheduled and none waits for a token.
+fn p_is_probe_answer(b: &Block) -> bool {
+    b.at.is_none() && b.after_generation.is_none()
 }
