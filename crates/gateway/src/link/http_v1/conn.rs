@@ -514,14 +514,16 @@ pub(super) async fn serve(
                     Err(e) => tracing::debug!(link = id, error = %e, "HTTP/2 PING failed"),
                 }
             }
-            _ = tick.tick() => match ping_sent {
+            // The tick's own (scheduled) instant marks the PING, so the
+            // next tick sees a full interval without a PONG.
+            t = tick.tick() => match ping_sent {
                 Some(at) if at.elapsed() >= keepalive => {
                     break Some(CloseReason::Silent { peer: "FCM", for_: at.elapsed() });
                 }
                 Some(_) => {}
                 None => {
                     if ping.send_ping(Ping::opaque()).is_ok() {
-                        ping_sent = Some(Instant::now());
+                        ping_sent = Some(t);
                     }
                 }
             },
