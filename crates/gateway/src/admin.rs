@@ -1,5 +1,7 @@
-//! Admin HTTP (SPEC §6): `/healthz`, `/readyz`, `/metrics` (Prometheus text)
-//! and the JSON API under `/api/v1`, optionally behind a bearer token.
+//! Admin HTTP (SPEC §6, §8.4): `/healthz`, `/readyz`, `/metrics`
+//! (Prometheus text) and the JSON API under `/api/v1`, optionally behind a
+//! bearer token. `/readyz` is 200 while one link is ready with capacity
+//! (on HTTP v1: connected and holding a valid access token).
 
 use crate::config::Secret;
 use crate::engine::{Cmd, Snapshot};
@@ -14,12 +16,18 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// Renders gauges a link factory keeps (e.g. HTTP v1 streams in flight).
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// What the handlers need.
 #[derive(Clone)]
 pub struct AdminState {
     engine: mpsc::Sender<Cmd>,
     store: store::SharedStore,
     token: Arc<Secret>,
+    /// `xmpp` or `http_v1`, for `/readyz`'s reason.
+    link_kind: &'static str,
+    extra_metrics: Option<ExtraMetrics>,
 }
 
 impl AdminState {
@@ -29,7 +37,17 @@ impl AdminState {
             engine,
             store,
             token: Arc::new(token),
+            link_kind: "xmpp",
+            extra_metrics: None,
         }
+    }
+
+    /// The kind of link in use (for `/readyz`) and the gauges its factory
+    /// renders at scrape time.
+    pub fn with_link(mut self, kind: &'static str, extra: Option<ExtraMetrics>) -> AdminState {
+        self.link_kind = kind;
+        self.extra_metrics = extra;
+        self
     }
 
     async fn snapshot(&self) -> Option<Snapshot> {
@@ -111,12 +129,18 @@ async fn readyz(State(st): State<AdminState>) -> Response {
     let Some(s) = st.snapshot().await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "engine not running\n").into_response();
     };
-    if s.links.iter().any(|l| l.state == "ready") {
+    // A link with capacity 0 is connected but cannot send (HTTP v1: no
+    // valid access token, or FCM refuses the credentials).
+    if s.links.iter().any(|l| l.state == "ready" && l.capacity > 0) {
         return (StatusCode::OK, "ready\n").into_response();
     }
-    let reason = match &s.auth_error {
-        Some(e) => format!("not ready: FCM rejected credentials ({e})\n"),
-        None => "not ready: no CCS connection is ready\n".to_string(),
+    let reason = match (&s.auth_error, st.link_kind) {
+        (Some(e), _) => format!("not ready: FCM rejected credentials ({e})\n"),
+        (None, "http_v1") => {
+            "not ready: no FCM HTTP v1 connection is ready (connecting, or no valid access token)\n"
+                .to_string()
+        }
+        (None, _) => "not ready: no CCS connection is ready\n".to_string(),
     };
     (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
 }
@@ -136,6 +160,9 @@ async fn metrics_text(State(st): State<AdminState>) -> Response {
         text.push('\n');
     }
     render_state(&mut text, snapshot.as_ref(), counts);
+    if let Some(extra) = &st.extra_metrics {
+        extra(&mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -1,5 +1,8 @@
-//! Configuration (SPEC §2): a TOML file, `GIMMM_<SECTION>__<KEY>` environment
-//! overrides, defaults for everything, and validation that names the key.
+//! Configuration (SPEC §2, §8.1): a TOML file, `GIMMM_<SECTION>__<KEY>`
+//! environment overrides, defaults for everything, and validation that names
+//! the key. `[fcm] api` chooses the link (XMPP or HTTP v1, see
+//! [`Config::link`]); an HTTP v1 service-account key file is read and
+//! checked at load time, and refused naming the problem, never its content.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -52,10 +55,64 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
+/// `fcm.api`: which FCM API gimmm speaks (SPEC §8.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// HTTP v1 when a service account is configured, XMPP when a server key
+    /// is; neither: the in-process XMPP emulator.
+    #[default]
+    Auto,
+    /// FCM's XMPP connection server (CCS).
+    Xmpp,
+    /// FCM's HTTP v1 API.
+    HttpV1,
+}
+
+/// The link gimmm will run, as [`Config::link`] resolves `fcm.api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChoice {
+    /// XMPP to CCS; `emulator` when no credentials are configured (then the
+    /// in-process CCS emulator is the endpoint).
+    Xmpp {
+        /// No server key: the in-process emulator.
+        emulator: bool,
+    },
+    /// FCM HTTP v1; `emulator` when no service account is configured (then
+    /// the in-process HTTP v1 emulator is the endpoint).
+    HttpV1 {
+        /// No service account: the in-process emulator.
+        emulator: bool,
+    },
+}
+
+impl LinkChoice {
+    /// True for the HTTP v1 link.
+    pub fn is_http_v1(self) -> bool {
+        matches!(self, LinkChoice::HttpV1 { .. })
+    }
+
+    /// True when gimmm must start an in-process emulator.
+    pub fn is_emulator(self) -> bool {
+        match self {
+            LinkChoice::Xmpp { emulator } | LinkChoice::HttpV1 { emulator } => emulator,
+        }
+    }
+}
+
+/// Default `fcm.endpoint`: Google's FCM HTTP v1 API.
+pub const DEFAULT_V1_ENDPOINT: &str = "https://fcm.googleapis.com";
+
+/// The environment variable Google's libraries read the service-account key
+/// file from (SPEC §8.1).
+pub const GOOGLE_APPLICATION_CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
 /// `[fcm]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FcmConfig {
+    /// Which API: `auto`, `xmpp` or `http_v1`.
+    pub api: Api,
     /// CCS host.
     pub host: String,
     /// CCS port (5235 production, 5236 testing).
@@ -81,6 +138,23 @@ pub struct FcmConfig {
     /// On SIGTERM, how long to wait for FCM's answers to what is in flight
     /// (SPEC §11).
     pub shutdown_grace_secs: u64,
+    /// HTTP v1: the Google service-account JSON key file; when unset,
+    /// `$GOOGLE_APPLICATION_CREDENTIALS` (resolved by [`Config::load`]).
+    pub service_account_file: Option<PathBuf>,
+    /// HTTP v1: the project; empty = the key file's `project_id`.
+    pub project_id: String,
+    /// HTTP v1: base URL of the API.
+    pub endpoint: String,
+    /// HTTP v1: client-side project quota (a token bucket over the pool); 0
+    /// = no limit.
+    pub max_messages_per_minute: u64,
+    /// HTTP v1: a request without an answer after this long is retried.
+    pub request_timeout_secs: u64,
+    /// Where `service_account_file` came from when it was not in the file
+    /// or a `GIMMM_` variable (`$GOOGLE_APPLICATION_CREDENTIALS`), for
+    /// messages.
+    #[serde(skip)]
+    pub service_account_from_env: bool,
 }
 
 impl Default for FcmConfig {
@@ -98,16 +172,59 @@ impl Default for FcmConfig {
             keepalive_secs: 60,
             max_stanza_bytes: 64 * 1024,
             shutdown_grace_secs: 10,
+            api: Api::Auto,
+            service_account_file: None,
+            project_id: String::new(),
+            endpoint: DEFAULT_V1_ENDPOINT.into(),
+            max_messages_per_minute: 600_000,
+            request_timeout_secs: 30,
+            service_account_from_env: false,
         }
     }
 }
 
 impl FcmConfig {
-    /// True when no credentials are configured: gimmm then runs the
-    /// in-process emulator.
+    /// True when XMPP credentials are configured (sender id and server
+    /// key). Without them the XMPP link runs against the in-process
+    /// emulator.
     pub fn has_credentials(&self) -> bool {
         !self.sender_id.is_empty()
             && (!self.server_key.is_empty() || self.server_key_file.is_some())
+    }
+
+    /// True when an HTTP v1 service account is configured (the key file, or
+    /// `$GOOGLE_APPLICATION_CREDENTIALS` once resolved by [`Config::load`]).
+    pub fn has_service_account(&self) -> bool {
+        self.service_account_file
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The config key (or variable) the service account came from, for
+    /// messages.
+    pub fn service_account_key(&self) -> &'static str {
+        if self.service_account_from_env {
+            GOOGLE_APPLICATION_CREDENTIALS
+        } else {
+            "fcm.service_account_file"
+        }
+    }
+
+    /// Reads and checks the service-account key file, if one is configured
+    /// (SPEC §8.1). The error names the key and the problem, never the
+    /// key's content.
+    pub fn load_service_account(
+        &self,
+    ) -> Result<Option<crate::link::http_v1::ServiceAccount>, ConfigError> {
+        let Some(path) = self.service_account_file.as_deref() else {
+            return Ok(None);
+        };
+        if path.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        crate::link::http_v1::ServiceAccount::from_file(path)
+            .map(Some)
+            .map_err(|e| invalid(self.service_account_key(), e.to_string()))
     }
 }
 
@@ -261,12 +378,13 @@ impl Config {
     /// `GIMMM_*` environment overrides, resolves `server_key_file`, validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("GIMMM_"))
+            .filter(|(k, _)| k.starts_with("GIMMM_") || k == GOOGLE_APPLICATION_CREDENTIALS)
             .collect();
         Config::load_with_env(path, &env)
     }
 
-    /// [`Config::load`] with an explicit environment (for tests).
+    /// [`Config::load`] with an explicit environment (for tests): the
+    /// `GIMMM_*` overrides and `GOOGLE_APPLICATION_CREDENTIALS`.
     pub fn load_with_env(
         path: Option<&Path>,
         env: &[(String, String)],
@@ -321,8 +439,48 @@ impl Config {
             })?;
             cfg.fcm.server_key = Secret::new(key.trim());
         }
+        if !cfg.fcm.has_service_account() {
+            // Google's convention, honoured unless the config names a file.
+            if let Some((_, v)) = env
+                .iter()
+                .find(|(k, v)| k == GOOGLE_APPLICATION_CREDENTIALS && !v.is_empty())
+            {
+                cfg.fcm.service_account_file = Some(PathBuf::from(v));
+                cfg.fcm.service_account_from_env = true;
+            }
+        }
         cfg.validate()?;
+        if cfg.link()?.is_http_v1() {
+            cfg.fcm.load_service_account()?;
+        }
         Ok(cfg)
+    }
+
+    /// Which link gimmm runs (SPEC §8.1): `fcm.api`, and for `auto` the
+    /// credentials configured (a service account: HTTP v1; a server key:
+    /// XMPP; both: an error naming both; neither: the in-process XMPP
+    /// emulator).
+    pub fn link(&self) -> Result<LinkChoice, ConfigError> {
+        let sa = self.fcm.has_service_account();
+        let xmpp = self.fcm.has_credentials();
+        Ok(match self.fcm.api {
+            Api::Xmpp => LinkChoice::Xmpp { emulator: !xmpp },
+            Api::HttpV1 => LinkChoice::HttpV1 { emulator: !sa },
+            Api::Auto => match (sa, xmpp) {
+                (true, true) => {
+                    return Err(invalid(
+                        "fcm.api",
+                        format!(
+                            "\"auto\" found both an HTTP v1 service account ({}) and an XMPP server key (fcm.sender_id / fcm.server_key); configure one, or set fcm.api to \"http_v1\" or \"xmpp\"",
+                            self.fcm.service_account_key()
+                        ),
+                    ))
+                }
+                (true, false) => LinkChoice::HttpV1 { emulator: false },
+                (false, true) => LinkChoice::Xmpp { emulator: false },
+                (false, false) => LinkChoice::Xmpp { emulator: true },
+            },
+        })
     }
 
     /// Checks ranges and consistency.
@@ -345,6 +503,12 @@ impl Config {
         if self.fcm.max_stanza_bytes < 1024 {
             return Err(invalid("fcm.max_stanza_bytes", "must be >= 1024"));
         }
+        if self.fcm.request_timeout_secs == 0 {
+            return Err(invalid("fcm.request_timeout_secs", "must be > 0"));
+        }
+        crate::link::http_v1::Endpoint::parse(&self.fcm.endpoint)
+            .map_err(|e| invalid("fcm.endpoint", e))?;
+        self.link()?;
         if !self.fcm.sender_id.is_empty() && self.fcm.server_key.is_empty() {
             return Err(invalid(
                 "fcm.server_key",
@@ -456,7 +620,16 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             (section.as_str(), key.as_str()),
             (
                 "fcm",
-                "host" | "sender_id" | "server_key" | "server_key_file" | "auth_domain" | "ca_file"
+                "host"
+                    | "sender_id"
+                    | "server_key"
+                    | "server_key_file"
+                    | "auth_domain"
+                    | "ca_file"
+                    | "api"
+                    | "service_account_file"
+                    | "project_id"
+                    | "endpoint"
             ) | ("bal", "listen")
                 | ("store", "path")
                 | ("admin", "listen" | "token")
@@ -547,5 +720,171 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("sekrit") && !dbg.contains("\"t\""), "{dbg}");
         assert!(load_str(MIN, &[("GIMMM_NOPE__X", "1")]).is_err());
+    }
+
+    /// A throw-away RSA service-account key file (PKCS#8 PEM, as Google's).
+    pub(crate) fn rsa_key_file(dir: &Path, project: Option<&str>) -> PathBuf {
+        use aws_lc_rs::encoding::AsDer;
+        use base64::Engine as _;
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'static>>::as_der(&kp).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        let mut v = serde_json::json!({
+            "type": "service_account", "private_key_id": "k1", "private_key": pem,
+            "client_email": "gimmm@p.iam.gserviceaccount.com",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        });
+        if let Some(p) = project {
+            v["project_id"] = p.into();
+        }
+        let path = dir.join(format!("sa-{}.json", project.unwrap_or("none")));
+        std::fs::write(&path, v.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn api_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rsa_key_file(dir.path(), Some("proj-1"));
+        let sa = format!(
+            "[fcm]\nservice_account_file = {:?}\n",
+            key.display().to_string()
+        );
+        let xmpp = "[fcm]\nsender_id = \"1\"\nserver_key = \"k\"\n";
+        let c = load_str(&format!("{MIN}{sa}"), &[]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::HttpV1 { emulator: false });
+        assert_eq!(c.fcm.endpoint, DEFAULT_V1_ENDPOINT);
+        assert_eq!(c.fcm.max_messages_per_minute, 600_000);
+        assert_eq!(c.fcm.request_timeout_secs, 30);
+        let c = load_str(&format!("{MIN}{xmpp}"), &[]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::Xmpp { emulator: false });
+        let c = load_str(MIN, &[]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::Xmpp { emulator: true });
+        let c = load_str(MIN, &[("GIMMM_FCM__API", "http_v1")]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::HttpV1 { emulator: true });
+        // Both: refused, naming both.
+        let both = format!(
+            "{MIN}{xmpp}service_account_file = {:?}\n",
+            key.display().to_string()
+        );
+        let e = load_str(&both, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("fcm.service_account_file")
+                && e.contains("fcm.server_key")
+                && e.contains("fcm.api"),
+            "{e}"
+        );
+        // An explicit api settles it.
+        let c = load_str(&both, &[("GIMMM_FCM__API", "xmpp")]).unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::Xmpp { emulator: false });
+        let e = load_str(&format!("{MIN}[fcm]\napi = \"grpc\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("api"), "{e}");
+    }
+
+    #[test]
+    fn google_application_credentials_and_string_env_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rsa_key_file(dir.path(), Some("proj-2"));
+        let k = key.display().to_string();
+        let c = load_str(
+            MIN,
+            &[
+                (GOOGLE_APPLICATION_CREDENTIALS, k.as_str()),
+                ("GIMMM_FCM__PROJECT_ID", "123456"),
+                ("GIMMM_FCM__ENDPOINT", "https://127.0.0.1:9/base"),
+                ("GIMMM_FCM__MAX_MESSAGES_PER_MINUTE", "60"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.link().unwrap(), LinkChoice::HttpV1 { emulator: false });
+        assert!(c.fcm.service_account_from_env);
+        assert_eq!(c.fcm.service_account_key(), GOOGLE_APPLICATION_CREDENTIALS);
+        assert_eq!(c.fcm.project_id, "123456");
+        assert_eq!(c.fcm.max_messages_per_minute, 60);
+        let sa = c.fcm.load_service_account().unwrap().unwrap();
+        assert_eq!(sa.project_id.as_deref(), Some("proj-2"));
+        assert_eq!(sa.client_email, "gimmm@p.iam.gserviceaccount.com");
+        // The file in the config wins over the variable.
+        let other = rsa_key_file(dir.path(), Some("proj-3"));
+        let text = format!(
+            "{MIN}[fcm]\nservice_account_file = {:?}\n",
+            other.display().to_string()
+        );
+        let c = load_str(&text, &[(GOOGLE_APPLICATION_CREDENTIALS, k.as_str())]).unwrap();
+        assert!(!c.fcm.service_account_from_env);
+        assert_eq!(c.fcm.service_account_file.as_deref(), Some(other.as_path()));
+        // A bad file named by the variable: the variable is named.
+        let e = load_str(
+            MIN,
+            &[(GOOGLE_APPLICATION_CREDENTIALS, "/nonexistent/sa.json")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(GOOGLE_APPLICATION_CREDENTIALS) && e.contains("/nonexistent/sa.json"),
+            "{e}"
+        );
+        let e = load_str(MIN, &[("GIMMM_FCM__ENDPOINT", "http://fcm.example")]).unwrap_err();
+        assert!(e.to_string().contains("fcm.endpoint"), "{e}");
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_naming_the_problem_not_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = rsa_key_file(dir.path(), Some("p"));
+        let text = std::fs::read_to_string(&good).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let pem = v["private_key"].as_str().unwrap().to_string();
+        // A line from the middle of the key's base64 body.
+        let body_line = pem.lines().nth(5).unwrap().to_string();
+        let write = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        let mut no_key = v.clone();
+        no_key.as_object_mut().unwrap().remove("private_key");
+        let mut ec = v.clone();
+        ec["private_key"] = rcgen::KeyPair::generate().unwrap().serialize_pem().into();
+        let mut broken = v;
+        broken["private_key"] = pem.replace(&body_line, &"A".repeat(body_line.len())).into();
+        let cases = [
+            (dir.path().join("missing.json"), "cannot read"),
+            (write("trunc.json", &text[..text.len() / 2]), "not JSON"),
+            (
+                write("nokey.json", &no_key.to_string()),
+                "no \"private_key\"",
+            ),
+            (write("ec.json", &ec.to_string()), "not an RSA private key"),
+            (write("broken.json", &broken.to_string()), "RSA"),
+        ];
+        for (path, want) in cases {
+            let cfg = format!(
+                "{MIN}[fcm]\nservice_account_file = {:?}\n",
+                path.display().to_string()
+            );
+            let e = load_str(&cfg, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("fcm.service_account_file") && e.contains(want),
+                "{want}: {e}"
+            );
+            assert!(
+                !e.contains(&body_line) && !e.contains("BEGIN"),
+                "the key leaks: {e}"
+            );
+        }
+        // No project anywhere: the key loads, the gateway asks for one
+        // (fcm.project_id), and Debug never shows the key.
+        let sa = crate::link::http_v1::ServiceAccount::from_file(&rsa_key_file(dir.path(), None))
+            .unwrap();
+        assert!(sa.project_id.is_none());
+        let dbg = format!("{sa:?}");
+        assert!(!dbg.contains(&body_line) && !dbg.contains("BEGIN"), "{dbg}");
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //!  BALs ──NDJSON/TCP── session ──Cmd──▶ engine ◀──LinkEvent── link 1..N ──XMPP/TLS── CCS
-//!                                       (core)  ──LinkCmd──▶
+//!                                       (core)  ──LinkCmd──▶           or HTTP/2+TLS── FCM HTTP v1
 //!                                          │ store::Store (batches ▸ in-order commit reports)
 //!                                        store (SQLite WAL)
 //! ```
+//! `fcm.api` picks the link factory (SPEC §8.1, [`config::Config::link`]).
 //! See DESIGN.md §5: links own sockets and protocol details behind
 //! [`link::LinkFactory`]; BAL sessions own lines and their output queues
 //! ([`session`]); the engine's core owns message state without I/O
@@ -48,6 +49,39 @@ pub enum GatewayError {
     /// TLS setup failed.
     #[error("TLS setup: {0}")]
     Tls(#[from] xmpp::XmppError),
+    /// The configuration cannot run (e.g. HTTP v1 without a service
+    /// account).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The HTTP v1 link could not be set up.
+    #[error("FCM HTTP v1 link: {0}")]
+    HttpV1(String),
+}
+
+/// How [`Gateway::start_with`] reaches FCM beyond what the config says
+/// (tests, and `gimmm serve`'s in-process emulators).
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// XMPP: the TLS connector (default: system roots plus `fcm.ca_file`).
+    pub xmpp_connector: Option<Arc<dyn xmpp::connect::Connector>>,
+    /// HTTP v1: a CA (PEM) to trust besides the system roots and
+    /// `fcm.ca_file` (an emulator's).
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// HTTP v1: this service account instead of the key file of the
+    /// config (an in-process emulator's).
+    pub service_account: Option<link::http_v1::ServiceAccount>,
+    /// HTTP v1: the token refresh policy (tests shorten it).
+    pub refresh_policy: Option<link::http_v1::RefreshPolicy>,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("xmpp_connector", &self.xmpp_connector.is_some())
+            .field("extra_ca_pem", &self.extra_ca_pem.is_some())
+            .field("service_account", &self.service_account)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running gateway.
@@ -63,19 +97,32 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Opens the store, binds the listeners, starts the links.
+    /// Opens the store, binds the listeners, starts the links (XMPP or
+    /// HTTP v1, per `fcm.api`).
     pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Gateway, GatewayError> {
-        let connector: Arc<dyn xmpp::connect::Connector> =
-            Arc::new(xmpp::connect::DirectTls::new(cfg.fcm.ca_file.as_deref())?);
-        Gateway::start_with_connector(cfg, connector, shutdown).await
+        Gateway::start_with(cfg, StartOptions::default(), shutdown).await
     }
 
-    /// Like [`Gateway::start`] with a given TLS connector (tests).
+    /// Like [`Gateway::start`] with a given XMPP TLS connector (tests).
     pub async fn start_with_connector(
         cfg: Config,
         connector: Arc<dyn xmpp::connect::Connector>,
         shutdown: CancellationToken,
     ) -> Result<Gateway, GatewayError> {
+        let opts = StartOptions {
+            xmpp_connector: Some(connector),
+            ..StartOptions::default()
+        };
+        Gateway::start_with(cfg, opts, shutdown).await
+    }
+
+    /// Like [`Gateway::start`], reaching FCM as `opts` says.
+    pub async fn start_with(
+        cfg: Config,
+        opts: StartOptions,
+        shutdown: CancellationToken,
+    ) -> Result<Gateway, GatewayError> {
+        let choice = cfg.link()?;
         // Install the metrics recorder before anything records.
         let _ = metrics::prometheus();
         let abort = CancellationToken::new();
@@ -118,7 +165,24 @@ impl Gateway {
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let retry = &cfg.retry;
-        let factory: Arc<dyn link::LinkFactory> =
+        let connect_backoff = backoff::Backoff::new(
+            Duration::from_millis(retry.initial_ms),
+            Duration::from_millis(retry.max_ms),
+        );
+        let auth_backoff = backoff::Backoff::new(
+            Duration::from_millis(retry.max_ms.min(60_000).max(retry.initial_ms)),
+            Duration::from_millis(retry.max_ms),
+        );
+        let mut extra_metrics = None;
+        let factory: Arc<dyn link::LinkFactory> = if choice.is_http_v1() {
+            let v1 = http_v1_factory(&cfg, opts, connect_backoff, auth_backoff, &shutdown)?;
+            extra_metrics = Some(v1.metrics_renderer());
+            Arc::new(v1)
+        } else {
+            let connector = match opts.xmpp_connector {
+                Some(c) => c,
+                None => Arc::new(xmpp::connect::DirectTls::new(cfg.fcm.ca_file.as_deref())?),
+            };
             Arc::new(link::xmpp::XmppLinkFactory::new(link::xmpp::XmppParams {
                 host: cfg.fcm.host.clone(),
                 port: cfg.fcm.port,
@@ -129,15 +193,11 @@ impl Gateway {
                 keepalive: Duration::from_secs(cfg.fcm.keepalive_secs),
                 max_stanza_bytes: cfg.fcm.max_stanza_bytes,
                 window: cfg.fcm.max_pending_per_connection,
-                connect_backoff: backoff::Backoff::new(
-                    Duration::from_millis(retry.initial_ms),
-                    Duration::from_millis(retry.max_ms),
-                ),
-                auth_backoff: backoff::Backoff::new(
-                    Duration::from_millis(retry.max_ms.min(60_000).max(retry.initial_ms)),
-                    Duration::from_millis(retry.max_ms),
-                ),
-            }));
+                connect_backoff,
+                auth_backoff,
+            }))
+        };
+        let kind = factory.kind();
         let ecfg = engine::EngineConfig {
             sessions: cfg
                 .bal
@@ -153,7 +213,7 @@ impl Gateway {
             // raised the peak RSS of a 1M-message drain (~115 MiB at 50k).
             mem_messages: 20_000,
             mem_outbox: 10_000,
-            receipt_warning: None,
+            receipt_warning: choice.is_http_v1().then_some(fcm::v1::NO_RECEIPTS_WARNING),
             shutdown_grace: Duration::from_secs(cfg.fcm.shutdown_grace_secs),
             abort: abort.clone(),
         };
@@ -162,18 +222,30 @@ impl Gateway {
         let tracker = TaskTracker::new();
         let eng = engine::Engine::new(ecfg, store.clone(), &recovery, factory, shutdown.clone());
         tracker.spawn(eng.run(cmd_rx, ctl_rx, commit_rx));
+        let rules = if choice.is_http_v1() {
+            session::prepare::Rules::HttpV1
+        } else {
+            session::prepare::Rules::Xmpp
+        };
         tracker.spawn(session::serve(
             bal_listener,
             cfg.bal.clone(),
+            rules,
             cmd_tx,
             shutdown.clone(),
         ));
         if let Some(l) = admin_listener {
-            let state = admin::AdminState::new(ctl_tx.clone(), store, cfg.admin.token.clone());
+            let state = admin::AdminState::new(ctl_tx.clone(), store, cfg.admin.token.clone())
+                .with_link(kind, extra_metrics);
             tracker.spawn(admin::serve(l, state, shutdown.clone()));
         }
         tracker.close();
-        tracing::info!(%bal_addr, admin = ?admin_addr, fcm = %format!("{}:{}", cfg.fcm.host, cfg.fcm.port), connections = cfg.fcm.connections, "gimmm gateway started");
+        let fcm = if choice.is_http_v1() {
+            format!("{} (HTTP v1)", cfg.fcm.endpoint)
+        } else {
+            format!("{}:{} (XMPP)", cfg.fcm.host, cfg.fcm.port)
+        };
+        tracing::info!(%bal_addr, admin = ?admin_addr, %fcm, connections = cfg.fcm.connections, "gimmm gateway started");
         Ok(Gateway {
             bal_addr,
             admin_addr,
@@ -222,4 +294,60 @@ impl Gateway {
         self.shutdown();
         self.wait().await;
     }
+}
+
+/// The HTTP v1 link factory of `cfg` (SPEC §8): the service account (from
+/// `opts` or the key file), TLS, the shared token source and rate limiter.
+fn http_v1_factory(
+    cfg: &Config,
+    opts: StartOptions,
+    connect_backoff: backoff::Backoff,
+    auth_backoff: backoff::Backoff,
+    shutdown: &CancellationToken,
+) -> Result<link::http_v1::HttpV1LinkFactory, GatewayError> {
+    use link::http_v1 as v1;
+    let sa = match opts.service_account {
+        Some(sa) => sa,
+        None => cfg.fcm.load_service_account()?.ok_or_else(|| {
+            GatewayError::HttpV1(
+                "fcm.api is http_v1 but no service account is configured (fcm.service_account_file or GOOGLE_APPLICATION_CREDENTIALS)".into(),
+            )
+        })?,
+    };
+    let project_id = if cfg.fcm.project_id.is_empty() {
+        sa.project_id.clone().ok_or_else(|| {
+            GatewayError::HttpV1(
+                "the service account names no project_id; set fcm.project_id".into(),
+            )
+        })?
+    } else {
+        cfg.fcm.project_id.clone()
+    };
+    let (h2_tls, h1_tls) =
+        v1::tls_configs(cfg.fcm.ca_file.as_deref(), opts.extra_ca_pem.as_deref())?;
+    let request_timeout = Duration::from_secs(cfg.fcm.request_timeout_secs);
+    let exchange = v1::HttpsExchange::new(Arc::new(sa), h1_tls, request_timeout)
+        .map_err(GatewayError::HttpV1)?;
+    let tokens = v1::TokenSource::start(
+        Arc::new(exchange),
+        opts.refresh_policy.unwrap_or_default(),
+        shutdown.clone(),
+    );
+    let endpoint = v1::Endpoint::parse(&cfg.fcm.endpoint).map_err(GatewayError::HttpV1)?;
+    tracing::info!(endpoint = %cfg.fcm.endpoint, project = %project_id, connections = cfg.fcm.connections, "FCM HTTP v1 link");
+    v1::HttpV1LinkFactory::new(
+        v1::HttpV1Params {
+            endpoint,
+            project_id,
+            tls: h2_tls,
+            max_pending: cfg.fcm.max_pending_per_connection,
+            keepalive: Duration::from_secs(cfg.fcm.keepalive_secs),
+            request_timeout,
+            connect_backoff,
+            auth_backoff,
+        },
+        tokens,
+        v1::RateLimiter::new(cfg.fcm.max_messages_per_minute),
+    )
+    .map_err(GatewayError::HttpV1)
 }

@@ -46,6 +46,16 @@ pub const BAL_SLOW_CONSUMERS: &str = "gimmm_bal_slow_consumer_disconnects_total"
 pub const LINKS: &str = "gimmm_links";
 /// Sessions with a logged-on BAL.
 pub const BAL_SESSIONS_CONNECTED: &str = "gimmm_bal_sessions_connected";
+/// FCM HTTP v1 answers by HTTP status.
+pub const FCM_HTTP_RESPONSES: &str = "gimmm_fcm_http_responses_total";
+/// FCM HTTP v1 errors by errorCode (else `HTTP_<status>`, `TIMEOUT`,
+/// `STREAM_RESET`).
+pub const FCM_ERRORS: &str = "gimmm_fcm_errors_total";
+/// OAuth token fetches by result (`ok`, `error`, `refused`).
+pub const FCM_TOKEN_REFRESH: &str = "gimmm_fcm_token_refresh_total";
+/// HTTP/2 streams in flight per HTTP v1 connection (rendered at scrape
+/// time by the link factory).
+pub const FCM_STREAMS_IN_FLIGHT: &str = "gimmm_fcm_streams_in_flight";
 /// Store commit latency.
 pub const STORE_COMMIT_SECONDS: &str = "gimmm_store_commit_seconds";
 /// Batches per store transaction.
@@ -129,6 +139,21 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "counter",
         "BAL connections closed because they did not read what they were sent",
     ),
+    (
+        FCM_HTTP_RESPONSES,
+        "counter",
+        "FCM HTTP v1 answers to messages:send by HTTP status",
+    ),
+    (
+        FCM_ERRORS,
+        "counter",
+        "FCM HTTP v1 errors by errorCode (else HTTP_<status>; TIMEOUT, STREAM_RESET for answers that never came)",
+    ),
+    (
+        FCM_TOKEN_REFRESH,
+        "counter",
+        "OAuth access token fetches for FCM HTTP v1 by result (ok, error, refused)",
+    ),
     (LINKS, "gauge", "FCM connections open or being opened"),
     (
         BAL_SESSIONS_CONNECTED,
@@ -163,6 +188,7 @@ pub const SCRAPE_GAUGES: &[&str] = &[
     "gimmm_store_queued_downstream",
     "gimmm_store_outbox",
     "gimmm_store_unroutable",
+    FCM_STREAMS_IN_FLIGHT,
 ];
 
 /// Counters with labels, pre-created for each label value so that rate()
@@ -170,6 +196,20 @@ pub const SCRAPE_GAUGES: &[&str] = &[
 const LABELLED: &[(&str, &str, &[&str])] = &[
     (DOWNSTREAM_FINAL, "state", &["ack", "reject"]),
     (LINK_CONNECT_FAILURES, "auth", &["true", "false"]),
+    (FCM_TOKEN_REFRESH, "result", &["ok", "error", "refused"]),
+    // Open-ended labels, with the values alerts watch pre-created.
+    (FCM_HTTP_RESPONSES, "status", &["200"]),
+    (
+        FCM_ERRORS,
+        "code",
+        &[
+            "UNREGISTERED",
+            "INVALID_ARGUMENT",
+            "QUOTA_EXCEEDED",
+            "UNAVAILABLE",
+            "INTERNAL",
+        ],
+    ),
 ];
 
 /// Counters whose labels are open-ended (codes), created on first use.

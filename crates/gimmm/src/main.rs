@@ -211,6 +211,9 @@ struct V1FaultArgs {
     /// Add the older field violation on message.token to invalid-token answers (http-v1).
     #[arg(long)]
     legacy_token_violation: bool,
+    /// Answer every send with this status without FcmError: 401 or 403 (http-v1).
+    #[arg(long)]
+    send_auth_error: Option<u16>,
 }
 
 impl V1FaultArgs {
@@ -233,6 +236,7 @@ impl V1FaultArgs {
             token_endpoint_error: self.token_endpoint_error,
             max_concurrent_streams: self.max_concurrent_streams,
             legacy_token_violation: self.legacy_token_violation,
+            send_auth_error: self.send_auth_error,
         };
         if let Err(e) = f.check() {
             bail!("{e}");
@@ -284,6 +288,7 @@ impl V1FaultArgs {
             "--max-concurrent-streams",
         );
         check(self.legacy_token_violation, "--legacy-token-violation");
+        check(self.send_auth_error.is_some(), "--send-auth-error");
         out
     }
 }
@@ -368,20 +373,59 @@ fn main() -> std::process::ExitCode {
 fn check_config(file: PathBuf) -> Result<()> {
     let cfg = Config::load(Some(&file))?;
     println!(
-        "{}: ok ({} session(s), FCM {}, store {})",
+        "{}: ok ({} session(s), {}, store {})",
         file.display(),
         cfg.bal.sessions.len(),
-        if cfg.fcm.has_credentials() {
-            format!(
-                "{}:{} as sender {}",
-                cfg.fcm.host, cfg.fcm.port, cfg.fcm.sender_id
-            )
-        } else {
-            "not configured: in-process emulator".to_string()
-        },
+        describe_link(&cfg)?,
         cfg.store.path.display()
     );
     Ok(())
+}
+
+/// Which link and which project or sender `cfg` will use (SPEC §8.1),
+/// without a secret.
+fn describe_link(cfg: &Config) -> Result<String> {
+    use gateway::config::LinkChoice;
+    Ok(match cfg.link()? {
+        LinkChoice::Xmpp { emulator: false } => format!(
+            "FCM XMPP (CCS) at {}:{} as sender {}",
+            cfg.fcm.host, cfg.fcm.port, cfg.fcm.sender_id
+        ),
+        LinkChoice::Xmpp { emulator: true } => {
+            "FCM XMPP: not configured, in-process CCS emulator".to_string()
+        }
+        LinkChoice::HttpV1 { emulator: true } => {
+            "FCM HTTP v1: no service account, in-process HTTP v1 emulator".to_string()
+        }
+        LinkChoice::HttpV1 { emulator: false } => {
+            let sa = cfg
+                .fcm
+                .load_service_account()?
+                .context("no service account")?;
+            let (project, from) = if cfg.fcm.project_id.is_empty() {
+                (
+                    sa.project_id
+                        .clone()
+                        .context("the service account names no project_id; set fcm.project_id")?,
+                    "from the key file",
+                )
+            } else {
+                (cfg.fcm.project_id.clone(), "fcm.project_id")
+            };
+            let key_file = cfg
+                .fcm
+                .service_account_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            format!(
+                "FCM HTTP v1 at {} for project {project} ({from}) as {} (key {key_file} via {})",
+                cfg.fcm.endpoint,
+                sa.client_email,
+                cfg.fcm.service_account_key()
+            )
+        }
+    })
 }
 
 /// Resolves when SIGTERM or Ctrl-C arrives. The handlers are installed when
@@ -458,34 +502,59 @@ impl Signals {
     }
 }
 
+/// An in-process emulator `gimmm serve` runs when no credentials are
+/// configured.
+enum InProcess {
+    Ccs(emulator::Emulator),
+    V1(emulator::v1::V1Emulator),
+}
+
 async fn serve(a: ServeArgs) -> Result<()> {
     let mut signals = Signals::install();
     let mut cfg = Config::load(a.config.as_deref())?;
     let shutdown = CancellationToken::new();
     let mut emu = None;
-    let connector: Arc<dyn xmpp::connect::Connector> = if cfg.fcm.has_credentials() {
-        Arc::new(
-            xmpp::connect::DirectTls::new(cfg.fcm.ca_file.as_deref())
-                .context("setting up TLS for FCM")?,
-        )
-    } else {
-        let e = emulator::Emulator::start(emulator::EmulatorConfig::default())
-            .await
-            .context("starting the in-process CCS emulator")?;
-        tracing::warn!(
-            "no FCM credentials configured (fcm.sender_id / fcm.server_key): using the IN-PROCESS CCS EMULATOR at {} — nothing reaches real devices",
-            e.addr()
-        );
-        cfg.fcm.host = e.addr().ip().to_string();
-        cfg.fcm.port = e.addr().port();
-        cfg.fcm.sender_id = e.sender_id().to_string();
-        cfg.fcm.server_key = Secret::new(e.server_key());
-        let c = xmpp::connect::DirectTls::with_ca_pem(e.ca_pem().as_bytes())
-            .context("trusting the emulator's CA")?;
-        emu = Some(e);
-        Arc::new(c)
-    };
-    let gw = gateway::Gateway::start_with_connector(cfg, connector, shutdown.clone()).await?;
+    let mut opts = gateway::StartOptions::default();
+    match cfg.link()? {
+        gateway::config::LinkChoice::Xmpp { emulator: false } => {}
+        gateway::config::LinkChoice::HttpV1 { emulator: false } => {}
+        gateway::config::LinkChoice::Xmpp { emulator: true } => {
+            let e = emulator::Emulator::start(emulator::EmulatorConfig::default())
+                .await
+                .context("starting the in-process CCS emulator")?;
+            tracing::warn!(
+                "no FCM credentials configured (fcm.sender_id / fcm.server_key): using the IN-PROCESS CCS EMULATOR at {} — nothing reaches real devices",
+                e.addr()
+            );
+            cfg.fcm.host = e.addr().ip().to_string();
+            cfg.fcm.port = e.addr().port();
+            cfg.fcm.sender_id = e.sender_id().to_string();
+            cfg.fcm.server_key = Secret::new(e.server_key());
+            let c = xmpp::connect::DirectTls::with_ca_pem(e.ca_pem().as_bytes())
+                .context("trusting the emulator's CA")?;
+            opts.xmpp_connector = Some(Arc::new(c));
+            emu = Some(InProcess::Ccs(e));
+        }
+        gateway::config::LinkChoice::HttpV1 { emulator: true } => {
+            let e = emulator::v1::V1Emulator::start(emulator::v1::V1Config::default())
+                .await
+                .context("starting the in-process FCM HTTP v1 emulator")?;
+            tracing::warn!(
+                "fcm.api = http_v1 and no service account configured (fcm.service_account_file / GOOGLE_APPLICATION_CREDENTIALS): using the IN-PROCESS FCM HTTP v1 EMULATOR at {} (project {}) — nothing reaches real devices",
+                e.endpoint(),
+                e.project_id()
+            );
+            cfg.fcm.endpoint = e.endpoint().to_string();
+            cfg.fcm.project_id = e.project_id().to_string();
+            opts.service_account = Some(
+                gateway::link::http_v1::ServiceAccount::from_json(e.service_account_json())
+                    .context("reading the emulator's service account")?,
+            );
+            opts.extra_ca_pem = Some(e.ca_pem().as_bytes().to_vec());
+            emu = Some(InProcess::V1(e));
+        }
+    }
+    let gw = gateway::Gateway::start_with(cfg, opts, shutdown.clone()).await?;
     if let Some(path) = &a.ports_file {
         if let Err(e) = write_ports_file(path, gw.bal_addr, gw.admin_addr) {
             gw.stop().await;
@@ -514,8 +583,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
             std::process::exit(0);
         }
     }
-    if let Some(e) = emu {
-        e.shutdown().await;
+    match emu {
+        Some(InProcess::Ccs(e)) => e.shutdown().await,
+        Some(InProcess::V1(e)) => e.shutdown().await,
+        None => {}
     }
     tracing::info!("bye");
     Ok(())

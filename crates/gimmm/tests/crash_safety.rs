@@ -119,3 +119,102 @@ async fn sigkill_mid_flight_loses_nothing() {
     );
     emu.shutdown().await;
 }
+
+/// The same on the FCM HTTP v1 link (SPEC §3 holds whatever the link):
+/// SIGKILL mid-flight, restart on the same store, every accepted message
+/// ends in exactly one final result and reached the HTTP v1 emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_flight_loses_nothing_on_http_v1() {
+    use emulator::v1::{V1Config, V1Emulator, V1Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let sa = dir.path().join("sa.json");
+    let ca = dir.path().join("ca.pem");
+    let emu = V1Emulator::start(V1Config {
+        service_account_out: Some(sa.clone()),
+        ca_out: Some(ca.clone()),
+        faults: V1Faults {
+            latency: Duration::from_millis(1),
+            ..V1Faults::default()
+        },
+        ..V1Config::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = gateway::config::Config::default();
+    cfg.fcm.api = gateway::config::Api::HttpV1;
+    cfg.fcm.service_account_file = Some(sa);
+    cfg.fcm.ca_file = Some(ca);
+    cfg.fcm.endpoint = emu.endpoint().to_string();
+    cfg.fcm.connections = 2;
+    cfg.retry.initial_ms = 20;
+    cfg.retry.max_ms = 500;
+    cfg.bal.listen = "127.0.0.1:0".into();
+    cfg.admin.listen = String::new();
+    cfg.store.path = dir.path().join("gimmm.db");
+    cfg.bal.sessions = vec![gateway::config::SessionConfig {
+        session_id: SESSION.into(),
+        token: gateway::config::Secret::new(TOKEN),
+    }];
+    let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm")).dir(dir.path());
+    let mut gw = ChildGateway::spawn(&cfg, opts).await.unwrap();
+
+    let mut probe = BalProbe::new(SESSION, TOKEN).with_ack(AckPolicy::None);
+    probe.connect(gw.bal_addr()).await.unwrap();
+    let total = 3000usize;
+    let to = |i: usize| format!("dev-{}", i % 50);
+    for i in 0..total {
+        let id = format!("v-{i}");
+        let m = FromBal::Downstream {
+            group_id: (i % 5 == 0).then(|| format!("g{}", i % 3)),
+            fcm_data: serde_json::json!({"to": to(i), "message_id": id, "data": {"id": id}}),
+        };
+        probe.send(m).unwrap();
+    }
+    probe.wait_accepted(total / 3, WAIT).await.unwrap();
+    probe.wait_finals(50, WAIT).await.unwrap();
+    let seen = probe.snapshot();
+    assert!(
+        seen.finals.len() < seen.accepted.len(),
+        "the kill must happen mid-flight"
+    );
+    eprintln!(
+        "killing gimmm with {} accepted, {} final results seen",
+        seen.accepted.len(),
+        seen.finals.len()
+    );
+    let status = gw.kill().await.unwrap();
+    assert!(!status.success(), "killed with SIGKILL");
+    tokio::time::timeout(WAIT, probe.closed()).await.unwrap();
+
+    let accepted = probe.snapshot().accepted;
+    gw.restart().await.unwrap();
+    probe.set_ack(AckPolicy::All);
+    probe.connect(gw.bal_addr()).await.unwrap();
+    probe
+        .wait_until("every final result", WAIT, |l| {
+            accepted.iter().all(|id| l.finals.contains_key(id))
+        })
+        .await
+        .unwrap();
+    let seen = probe.snapshot();
+    seen.assert_exactly_one_final(&accepted);
+    seen.assert_each_delivered_once();
+    let stats = emu.stats();
+    for id in &accepted {
+        let i: usize = id.strip_prefix("v-").unwrap().parse().unwrap();
+        let key =
+            emulator::v1::message_key(&serde_json::json!({"token": to(i), "data": {"id": id}}))
+                .unwrap();
+        assert!(
+            stats.msg(&key).delivered >= 1,
+            "accepted message {id} never reached the emulator"
+        );
+    }
+    assert_eq!(stats.over_limit, 0);
+    let status = gw.term().await.unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must end in exit 0, got {status:?}"
+    );
+    emu.shutdown().await;
+}

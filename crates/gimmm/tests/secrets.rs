@@ -246,3 +246,121 @@ async fn rust_log_filters_and_human_format_is_default() {
     }
     assert!(!stderr.contains(SERVER_KEY) && !stderr.contains(TOKEN_APP));
 }
+
+/// The HTTP v1 link (SPEC §8.4): `gimmm serve` at debug level against the
+/// HTTP v1 emulator, with short-lived access tokens (background refreshes),
+/// revoked tokens (a 401 and a refresh on the send path's behalf), a
+/// failing token endpoint for a while, and messages throughout. Neither the
+/// private key (its PEM body), nor an access token, nor a JWT assertion
+/// ever appears in the child's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_key_tokens_and_jwts_never_appear_in_debug_logs() {
+    use emulator::v1::{V1Config, V1Emulator, V1Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let sa = dir.path().join("sa.json");
+    let ca = dir.path().join("ca.pem");
+    let emu = V1Emulator::start(V1Config {
+        service_account_out: Some(sa.clone()),
+        ca_out: Some(ca.clone()),
+        faults: V1Faults {
+            token_lifetime_secs: Some(2),
+            ..V1Faults::default()
+        },
+        ..V1Config::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = Config::default();
+    cfg.fcm.api = gateway::config::Api::HttpV1;
+    cfg.fcm.service_account_file = Some(sa.clone());
+    cfg.fcm.ca_file = Some(ca);
+    cfg.fcm.endpoint = emu.endpoint().to_string();
+    cfg.bal.listen = "127.0.0.1:0".into();
+    cfg.admin.listen = "127.0.0.1:0".into();
+    cfg.store.path = dir.path().join("gimmm.db");
+    cfg.bal.sessions = vec![gateway::config::SessionConfig {
+        session_id: "com.example.app".into(),
+        token: Secret::new(TOKEN_APP),
+    }];
+    let served = serve(&cfg, dir.path(), &[], "debug").await;
+    let send = |to: &'static str| {
+        let bal = served.bal_addr().to_string();
+        async move {
+            let out = tokio::time::timeout(
+                WAIT,
+                Command::new(env!("CARGO_BIN_EXE_gimmm"))
+                    .args(["send", "--server", &bal, "--session", "com.example.app"])
+                    .args(["--to", to, "--data", "k=v", "--wait", "--timeout", "50"])
+                    .env("GIMMM_TOKEN", TOKEN_APP)
+                    .env_remove("RUST_LOG")
+                    .output(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            let o = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success() && o.contains("DOWNSTREAM_ACK"), "{o}");
+        }
+    };
+    send("device-v1-1").await;
+    // A refused token: 401, refresh, resend.
+    emu.revoke_tokens();
+    send("device-v1-2").await;
+    // Background refreshes of 2-second tokens.
+    match emu
+        .wait_until(WAIT, |s| s.tokens_issued >= 4 && s.unauthenticated >= 1)
+        .await
+    {
+        Ok(_) => {}
+        Err(s) => panic!("no refreshes: {s:#?}"),
+    }
+    // A failing token endpoint for a while, then a message again.
+    emu.set_faults(V1Faults {
+        token_lifetime_secs: Some(2),
+        token_endpoint_error: Some(400),
+        ..V1Faults::default()
+    })
+    .unwrap();
+    match emu.wait_until(WAIT, |s| s.tokens_refused >= 1).await {
+        Ok(_) => {}
+        Err(s) => panic!("no refused token request: {s:#?}"),
+    }
+    emu.set_faults(V1Faults::default()).unwrap();
+    send("device-v1-3").await;
+    let (stdout, stderr) = terminate(served).await;
+    emu.shutdown().await;
+
+    let key_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sa).unwrap()).unwrap();
+    let pem = key_file["private_key"].as_str().unwrap();
+    let body: Vec<&str> = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(body.len() > 10, "the key's PEM body");
+    for line in &body {
+        assert!(
+            !stderr.contains(line),
+            "a line of the private key is in the log"
+        );
+        assert!(
+            !stdout.contains(line),
+            "a line of the private key is in stdout"
+        );
+    }
+    for (what, needle) in [
+        ("a PEM armour", "PRIVATE KEY"),
+        // The emulator's access tokens all start so.
+        ("an access token", "ya29."),
+        // A JWT's header is base64url JSON: `{"` → `eyJ`.
+        ("a JWT", "eyJ"),
+        ("the session token", TOKEN_APP),
+    ] {
+        assert!(!stderr.contains(needle), "{what} in the log:\n{stderr}");
+        assert!(!stdout.contains(needle), "{what} in stdout:\n{stdout}");
+    }
+    // The log did run at debug level and did see the token traffic.
+    assert!(stderr.contains("DEBUG"), "not at debug level");
+    assert!(stderr.contains("FCM access token fetched"), "{stderr}");
+    assert!(stderr.contains("refused the access token"), "{stderr}");
+}

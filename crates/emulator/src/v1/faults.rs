@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 ///  "gateway_error_fraction":0.0,"gateway_error_status":502,"quota_per_minute":600000,
 ///  "device_rate_per_minute":240,"goaway_after":1000,"drop_after":null,
 ///  "token_lifetime_secs":60,"token_endpoint_error":null,"max_concurrent_streams":100,
-///  "legacy_token_violation":false}
+///  "legacy_token_violation":false,"send_auth_error":null}
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -75,6 +75,12 @@ pub struct V1Faults {
     /// Answer malformed tokens the way Google used to: the `INVALID_ARGUMENT`
     /// answer also carries a `BadRequest` field violation on `message.token`.
     pub legacy_token_violation: bool,
+    /// Answer every authenticated `messages:send` with `401` UNAUTHENTICATED
+    /// (a valid-looking token the API refuses anyway, as for a disabled or
+    /// deleted service account) or `403` PERMISSION_DENIED (the API is
+    /// disabled for the project, or the account lacks the permission), both
+    /// without FcmError, as Google answers.
+    pub send_auth_error: Option<u16>,
 }
 
 impl V1Faults {
@@ -119,6 +125,11 @@ impl V1Faults {
         if let Some(s) = self.token_endpoint_error {
             if s != 400 && s != 500 {
                 return Err("token_endpoint_error must be 400 or 500".into());
+            }
+        }
+        if let Some(s) = self.send_auth_error {
+            if s != 401 && s != 403 {
+                return Err("send_auth_error must be 401 or 403".into());
             }
         }
         if self.max_concurrent_streams == Some(0) {
@@ -174,6 +185,9 @@ impl V1Faults {
         }
         if self.legacy_token_violation {
             out.push("fault: legacy field violation on message.token".to_owned());
+        }
+        if let Some(s) = self.send_auth_error {
+            out.push(format!("fault: every send answered {s} without FcmError"));
         }
         out
     }
@@ -240,6 +254,10 @@ mod tests {
             },
             V1Faults {
                 max_concurrent_streams: Some(0),
+                ..V1Faults::default()
+            },
+            V1Faults {
+                send_auth_error: Some(500),
                 ..V1Faults::default()
             },
         ];

@@ -438,6 +438,23 @@ async fn send_message(
     let outcome = if token_state != Some(TokenState::Valid) {
         answer.unauthenticated = true;
         Outcome::Error(unauthenticated(token_state))
+    } else if view.send_auth_error == Some(401) {
+        // Fault: the API refuses a token the token endpoint just issued.
+        answer.unauthenticated = true;
+        Outcome::Error(unauthenticated(Some(TokenState::Unknown)))
+    } else if view.send_auth_error == Some(403) {
+        answer.permission_denied = true;
+        Outcome::Error(
+            ApiError::plain(
+                403,
+                "PERMISSION_DENIED",
+                "Firebase Cloud Messaging API has not been used in this project before or it is disabled. Enable it, then retry.",
+            )
+            .with(Detail::ErrorInfo {
+                reason: "SERVICE_DISABLED",
+                domain: "googleapis.com",
+            }),
+        )
     } else if let Some(project) = foreign_project {
         answer.permission_denied = true;
         Outcome::Error(

@@ -45,6 +45,7 @@ pub(crate) struct View {
     pub(crate) goaway_after: Option<u64>,
     pub(crate) drop_after: Option<u64>,
     pub(crate) legacy_token_violation: bool,
+    pub(crate) send_auth_error: Option<u16>,
 }
 
 /// One connection's handles, shared by its serving task and its requests.
@@ -283,6 +284,7 @@ impl Shared {
             goaway_after: f.goaway_after,
             drop_after: f.drop_after,
             legacy_token_violation: f.legacy_token_violation,
+            send_auth_error: f.send_auth_error,
         }
     }
 

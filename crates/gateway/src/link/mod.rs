@@ -12,7 +12,7 @@
 //! Everything protocol-specific lives behind a link: CCS's window of 100
 //! and its message-id correlation, draining and upstream acks
 //! ([`xmpp`]); HTTP/2 stream limits, OAuth tokens and v1 error bodies
-//! (the HTTP v1 link). A [`LinkFactory`], chosen by config, builds links;
+//! ([`http_v1`]). A [`LinkFactory`], chosen by config, builds links;
 //! the engine's tests use a scripted one.
 //!
 //! Lifecycle of a link, as the engine sees it: spawned (connecting,
@@ -22,6 +22,7 @@
 //! exactly one [`LinkEvent::Closed`]. Messages without an outcome when a
 //! link closes go back to the queue and are resent elsewhere.
 
+pub mod http_v1;
 pub mod scripted;
 pub mod xmpp;
 
@@ -89,7 +90,7 @@ pub enum SendResult {
 }
 
 /// Why FCM did not take a message, and what to do about it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// What the engine does next.
     pub class: FailureClass,

@@ -33,12 +33,14 @@ struct Shared {
     engine: mpsc::Sender<Cmd>,
     next_conn: AtomicU64,
     ids: prepare::IdSource,
+    rules: prepare::Rules,
 }
 
 /// Accepts BAL connections until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     cfg: BalConfig,
+    rules: prepare::Rules,
     engine: mpsc::Sender<Cmd>,
     shutdown: CancellationToken,
 ) {
@@ -60,6 +62,7 @@ pub async fn serve(
         engine,
         next_conn: AtomicU64::new(1),
         ids: prepare::IdSource::new(),
+        rules,
     });
     loop {
         let accepted = tokio::select! {
@@ -185,6 +188,7 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
             Ok(FromBalRef::Downstream { group_id, fcm_data }) => {
                 let inc = prepare::downstream(
                     &shared.ids,
+                    shared.rules,
                     &session,
                     conn,
                     group_id.map(|g| g.into_owned()),

@@ -1,11 +1,26 @@
-//! DOWNSTREAM preparation (SPEC §3.2): validation with the seeds' rules,
-//! the message id (given or generated), the TTL in gimmm's queue. Runs on
-//! the BAL connection's task, so validation runs in parallel with the
-//! engine; the engine gets an [`Incoming`], accepted or rejected.
+//! DOWNSTREAM preparation (SPEC §3.2, §8.2): validation with the seeds'
+//! rules and, per link, its own ([`Rules`]: on HTTP v1 the v1 checks of
+//! [`fcm::v1::validate_owned`]; on XMPP v1's own blocks are refused), the
+//! message id (given or generated), the TTL in gimmm's queue. Runs on the
+//! BAL connection's task, so validation runs in parallel with the engine;
+//! the engine gets an [`Incoming`], accepted or rejected.
 
 use crate::engine::{ConnId, Incoming};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Which link's acceptance rules apply (SPEC §8.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Rules {
+    /// §3.2's rules; v1's own blocks (`android`, `apns`, `webpush`,
+    /// `fcm_options`) are an `INVALID_JSON` naming the key.
+    #[default]
+    Xmpp,
+    /// §3.2's rules plus v1's (string data after translation, `android.ttl`
+    /// range, the v1 blocks' types). A receipt request is accepted with the
+    /// "no delivery receipts" warning (the engine adds it).
+    HttpV1,
+}
 
 /// Default TTL (seconds) when a message gives none: FCM's 4 weeks.
 const DEFAULT_TTL: u64 = fcm::MAX_TTL_SECS as u64;
@@ -56,6 +71,7 @@ pub fn message_id_of(raw: &str) -> Option<String> {
 /// id and serializes the message with it.
 pub fn downstream(
     ids: &IdSource,
+    rules: Rules,
     session: &Arc<str>,
     conn: ConnId,
     group_id: Option<String>,
@@ -83,7 +99,12 @@ pub fn downstream(
             (generated, body)
         }
     };
-    match fcm::validate_downstream_owned(fcm_data) {
+    let checked = match rules {
+        Rules::Xmpp => fcm::v1::reject_v1_blocks(&fcm_data)
+            .and_then(|()| fcm::validate_downstream_owned(fcm_data)),
+        Rules::HttpV1 => fcm::v1::validate_owned(fcm_data).map(|a| a.downstream),
+    };
+    match checked {
         Ok(d) => {
             let ttl = d.time_to_live.map(u64::from).unwrap_or(DEFAULT_TTL);
             // TTL 0 means "now or never" at FCM; give it one second to leave gimmm.
@@ -113,5 +134,46 @@ pub fn downstream(
             target: String::new(),
             rejected: Some((rej.code, rej.description)),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prep(rules: Rules, raw: &str) -> Incoming {
+        let session: Arc<str> = Arc::from("s");
+        downstream(&IdSource::new(), rules, &session, 1, None, raw)
+    }
+
+    #[test]
+    fn xmpp_refuses_v1_blocks_naming_the_key() {
+        for key in ["android", "apns", "webpush", "fcm_options"] {
+            let raw = format!(r#"{{"to":"t","message_id":"m","{key}":{{}}}}"#);
+            let inc = prep(Rules::Xmpp, &raw);
+            let (code, desc) = inc.rejected.expect("refused");
+            assert_eq!(code.as_str(), "INVALID_JSON");
+            assert!(desc.contains(key), "{desc}");
+            // The v1 link takes them.
+            assert!(prep(Rules::HttpV1, &raw).rejected.is_none(), "{key}");
+        }
+    }
+
+    #[test]
+    fn v1_rules_add_v1_checks_and_keep_the_receipt_flag() {
+        let inc = prep(
+            Rules::HttpV1,
+            r#"{"to":"t","message_id":"m","delivery_receipt_requested":true,"data":{"n":1}}"#,
+        );
+        assert!(inc.rejected.is_none());
+        assert!(inc.receipt, "the engine adds the no-receipts warning");
+        let inc = prep(
+            Rules::HttpV1,
+            r#"{"to":"t","message_id":"m","android":{"ttl":"2419201s"}}"#,
+        );
+        assert_eq!(inc.rejected.unwrap().0.as_str(), "INVALID_JSON");
+        // §3.2's rules still apply, and win.
+        let inc = prep(Rules::HttpV1, r#"{"message_id":"m","data":{"from":"x"}}"#);
+        assert!(inc.rejected.is_some());
     }
 }
