@@ -180,3 +180,85 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
     gw.term().await.unwrap();
     emu.shutdown().await;
 }
+
+/// The same drain on the FCM HTTP v1 link: slow answers, SIGTERM under
+/// load, restart; the v1 emulator received no message twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_http_v1_sends_fcm_nothing_twice() {
+    use emulator::v1::{V1Config, V1Emulator, V1Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let sa = dir.path().join("sa.json");
+    let ca = dir.path().join("ca.pem");
+    let emu = V1Emulator::start(V1Config {
+        service_account_out: Some(sa.clone()),
+        ca_out: Some(ca.clone()),
+        faults: V1Faults {
+            latency: Duration::from_millis(200),
+            ..V1Faults::default()
+        },
+        ..V1Config::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = gateway::config::Config::default();
+    cfg.fcm.api = gateway::config::Api::HttpV1;
+    cfg.fcm.service_account_file = Some(sa);
+    cfg.fcm.ca_file = Some(ca);
+    cfg.fcm.endpoint = emu.endpoint().to_string();
+    cfg.fcm.connections = 2;
+    cfg.fcm.shutdown_grace_secs = 20;
+    cfg.bal.listen = "127.0.0.1:0".into();
+    cfg.admin.listen = String::new();
+    cfg.store.path = dir.path().join("gimmm.db");
+    cfg.bal.sessions = vec![gateway::config::SessionConfig {
+        session_id: SESSION.into(),
+        token: gateway::config::Secret::new(TOKEN),
+    }];
+    let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm"))
+        .dir(dir.path())
+        .rust_log("info");
+    let mut gw = ChildGateway::spawn(&cfg, opts).await.unwrap();
+    let mut follow = gw.follow();
+    let mut probe = BalProbe::new(SESSION, TOKEN).with_ack(AckPolicy::All);
+    probe.connect(gw.bal_addr()).await.unwrap();
+    let to = |i: usize| format!("dev-{}", i % 40);
+    let total = 1_500usize;
+    for i in 0..total {
+        let id = format!("v-{i}");
+        probe
+            .send(FromBal::Downstream {
+                group_id: None,
+                fcm_data: serde_json::json!({"to": to(i), "message_id": id, "data": {"id": id}}),
+            })
+            .unwrap();
+    }
+    probe.wait_finals(200, WAIT).await.unwrap();
+    gw.signal_term().await.unwrap();
+    wait_log(&gw, "shutting down").await;
+    let status = tokio::time::timeout(WAIT, gw.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}\n{}", gw.log_tail(20));
+    tokio::time::timeout(WAIT, probe.closed()).await.unwrap();
+    let at_exit = probe.snapshot();
+    assert!(at_exit.finals.len() < at_exit.accepted.len(), "mid-flight");
+
+    gw.restart().await.unwrap();
+    probe.follow(&mut follow, WAIT).await.unwrap();
+    let accepted = probe.snapshot().accepted;
+    probe.wait_finals_for(&accepted, WAIT).await.unwrap();
+    let ledger = probe.snapshot();
+    ledger.assert_exactly_one_final(&accepted);
+    let stats = emu.stats();
+    for id in &accepted {
+        let i: usize = id.strip_prefix("v-").unwrap().parse().unwrap();
+        let key =
+            emulator::v1::message_key(&serde_json::json!({"token": to(i), "data": {"id": id}}))
+                .unwrap();
+        assert_eq!(
+            stats.msg(&key).received,
+            1,
+            "{id} reached FCM {} times",
+            stats.msg(&key).received
+        );
+    }
+    gw.term().await.unwrap();
+}
