@@ -84,6 +84,9 @@ impl std::fmt::Debug for StartOptions {
     }
 }
 
+/// Commands from BAL connections the engine has not taken yet.
+const BAL_CMD_QUEUE: usize = 256;
+
 /// A running gateway.
 pub struct Gateway {
     /// Where BALs connect.
@@ -217,7 +220,11 @@ impl Gateway {
             shutdown_grace: Duration::from_secs(cfg.fcm.shutdown_grace_secs),
             abort: abort.clone(),
         };
-        let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        // BAL commands share one channel; tokio hands its free places out in
+        // arrival order, so a session's command waits behind at most this
+        // many of a flooding session's (SPEC §11 "Fairness"), and the
+        // flooder's reader then waits, pushing back on its socket.
+        let (cmd_tx, cmd_rx) = mpsc::channel(BAL_CMD_QUEUE);
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
         let tracker = TaskTracker::new();
         let eng = engine::Engine::new(ecfg, store.clone(), &recovery, factory, shutdown.clone());

@@ -42,6 +42,16 @@ pub const LINK_DRAINS: &str = "gimmm_link_drains_total";
 pub const BAL_LOGON_FAILURES: &str = "gimmm_bal_logon_failures_total";
 /// BAL connections disconnected for not reading.
 pub const BAL_SLOW_CONSUMERS: &str = "gimmm_bal_slow_consumer_disconnects_total";
+/// Sequenced lines written to BALs (redeliveries included).
+pub const BAL_SEQUENCED_SENT: &str = "gimmm_bal_sequenced_sent_total";
+/// Sequenced lines ACKed by BALs.
+pub const BAL_SEQUENCED_ACKED: &str = "gimmm_bal_sequenced_acked_total";
+/// Upstream messages and receipts FCM sent again (already stored).
+pub const UPSTREAM_RESENT: &str = "gimmm_upstream_resent_total";
+/// Store batches that could not be committed at first (disk full …).
+pub const STORE_COMMIT_ERRORS: &str = "gimmm_store_commit_errors_total";
+/// From DOWNSTREAM_ACCEPTED to the final result.
+pub const DOWNSTREAM_FINAL_SECONDS: &str = "gimmm_downstream_final_seconds";
 /// Links open or being opened.
 pub const LINKS: &str = "gimmm_links";
 /// Sessions with a logged-on BAL.
@@ -154,6 +164,31 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "counter",
         "OAuth access token fetches for FCM HTTP v1 by result (ok, error, refused)",
     ),
+    (
+        BAL_SEQUENCED_SENT,
+        "counter",
+        "Sequenced lines (UPSTREAM, DOWNSTREAM_ACK/REJECT/RECEIPT) written to BALs, redeliveries included",
+    ),
+    (
+        BAL_SEQUENCED_ACKED,
+        "counter",
+        "Sequenced lines ACKed by BALs",
+    ),
+    (
+        UPSTREAM_RESENT,
+        "counter",
+        "Upstream messages and receipts FCM sent again although they were stored (acked again, not delivered twice)",
+    ),
+    (
+        STORE_COMMIT_ERRORS,
+        "counter",
+        "Store batches whose commit failed at first (disk full, read-only …); their new messages were refused, the rest retried",
+    ),
+    (
+        DOWNSTREAM_FINAL_SECONDS,
+        "histogram",
+        "Time from DOWNSTREAM_ACCEPTED to the final result (DOWNSTREAM_ACK or DOWNSTREAM_REJECT)",
+    ),
     (LINKS, "gauge", "FCM connections open or being opened"),
     (
         BAL_SESSIONS_CONNECTED,
@@ -219,6 +254,11 @@ const OPEN_LABELS: &[&str] = &[DOWNSTREAM_REJECTED, NACKS];
 const COMMIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+/// Buckets of the accepted → final latency histogram, in seconds.
+const FINAL_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    3600.0,
+];
 /// Buckets of the store group size histogram.
 const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -234,6 +274,12 @@ fn install() -> Option<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(STORE_COMMIT_SECONDS.into()), COMMIT_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_GROUP_SIZE.into()), GROUP_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(DOWNSTREAM_FINAL_SECONDS.into()),
+                FINAL_BUCKETS,
+            )
         })
         .ok()?
         .install_recorder()
@@ -272,6 +318,11 @@ pub(crate) struct Meters {
     pub(crate) resent: metrics::Counter,
     pub(crate) commit_seconds: metrics::Histogram,
     pub(crate) group_size: metrics::Histogram,
+    pub(crate) final_seconds: metrics::Histogram,
+    pub(crate) bal_sent: metrics::Counter,
+    pub(crate) bal_acked: metrics::Counter,
+    pub(crate) upstream_resent: metrics::Counter,
+    pub(crate) commit_errors: metrics::Counter,
 }
 
 impl Meters {
@@ -287,6 +338,11 @@ impl Meters {
             resent: metrics::counter!(FCM_RESENT),
             commit_seconds: metrics::histogram!(STORE_COMMIT_SECONDS),
             group_size: metrics::histogram!(STORE_BATCH_GROUP_SIZE),
+            final_seconds: metrics::histogram!(DOWNSTREAM_FINAL_SECONDS),
+            bal_sent: metrics::counter!(BAL_SEQUENCED_SENT),
+            bal_acked: metrics::counter!(BAL_SEQUENCED_ACKED),
+            upstream_resent: metrics::counter!(UPSTREAM_RESENT),
+            commit_errors: metrics::counter!(STORE_COMMIT_ERRORS),
         }
     }
 }

@@ -194,6 +194,8 @@ pub struct Core {
     pub(crate) rng: StdRng,
     next_seq: u64,
     next_id: u64,
+    /// The time of the event being handled (set at every entry point).
+    pub(crate) now: Millis,
     next_sweep: Millis,
     store_degraded: bool,
     stopping: bool,
@@ -224,6 +226,7 @@ impl Core {
             rng: StdRng::seed_from_u64(cfg.seed),
             next_seq: recovery.next_seq.max(1),
             next_id: recovery.next_id.max(1),
+            now,
             next_sweep: now + SWEEP_EVERY,
             store_degraded: false,
             stopping: false,
@@ -234,6 +237,7 @@ impl Core {
 
     /// Opens the links and starts reading the backlog.
     pub fn start(&mut self, now: Millis) {
+        self.now = now;
         if self.started {
             return;
         }
@@ -280,6 +284,7 @@ impl Core {
 
     /// One event.
     pub fn handle(&mut self, now: Millis, input: Input) {
+        self.now = now;
         match input {
             Input::Attach { session, conn } => self.on_attach(session, conn, now),
             Input::Detach { session, conn } => {
@@ -305,7 +310,7 @@ impl Core {
                         self.sessions.page_failed(&session, now + READ_RETRY);
                     }
                 }
-                self.sessions.pump(&session, now, &mut self.out);
+                self.pump_session(&session, now);
             }
             Input::ReceiptTarget { key, target } => self.on_receipt_target(key, target, now),
         }
@@ -313,6 +318,7 @@ impl Core {
 
     /// Timers: retries and backoffs that are due, lazy writes, TTL sweep.
     pub fn tick(&mut self, now: Millis) {
+        self.now = now;
         self.queue.due(now);
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
@@ -320,13 +326,14 @@ impl Core {
             // A failed page read is retried here.
             self.page_in(now);
             for s in self.sessions.ids() {
-                self.sessions.pump(&s, now, &mut self.out);
+                self.pump_session(&s, now);
             }
         }
     }
 
     /// Ends a turn: runnable messages go to the links, the batch closes.
     pub fn end_turn(&mut self, now: Millis) {
+        self.now = now;
         if !self.stopping {
             self.pump_links(now);
             self.page_in(now);
@@ -339,6 +346,7 @@ impl Core {
     /// DOWNSTREAM (answered SHUTTING_DOWN), and commits what is pending;
     /// outcomes of what is in flight are still handled.
     pub fn begin_shutdown(&mut self, now: Millis) {
+        self.now = now;
         self.stopping = true;
         self.flush(now, true);
     }
@@ -406,6 +414,14 @@ impl Core {
         }
     }
 
+    /// Writes what a session's window allows (see `Sessions::pump`).
+    pub(crate) fn pump_session(&mut self, session: &Arc<str>, now: Millis) {
+        let n = self.sessions.pump(session, now, &mut self.out);
+        if n > 0 {
+            self.meters.bal_sent.increment(n);
+        }
+    }
+
     fn session_gauge(&self) {
         metrics::gauge!(crate::metrics::BAL_SESSIONS_CONNECTED)
             .set(self.sessions.connected() as f64);
@@ -432,18 +448,19 @@ impl Core {
         }
         self.write_to(conn, line::logon_response(&session, None));
         tracing::debug!(%session, conn, "BAL logged on");
-        self.sessions.pump(&session, now, &mut self.out);
+        self.pump_session(&session, now);
         self.session_gauge();
     }
 
     fn on_ack(&mut self, session: Arc<str>, conn: ConnId, seq: u64, now: Millis) {
         match self.sessions.ack(&session, seq) {
             Acked::Known => {
+                self.meters.bal_acked.increment(1);
                 self.dur.write(Op::DeleteOutbox {
                     session: session.clone(),
                     seq,
                 });
-                self.sessions.pump(&session, now, &mut self.out);
+                self.pump_session(&session, now);
             }
             Acked::Unknown => {
                 if self.sessions.conn(&session) == Some(conn) {
@@ -553,6 +570,9 @@ impl Core {
             .commit_seconds
             .record(c.commit_time.as_secs_f64());
         self.meters.group_size.record(c.group_size as f64);
+        if c.error.is_some() {
+            self.meters.commit_errors.increment(1);
+        }
         let effects = match self.dur.committed(c.no) {
             Ok(e) => e,
             Err(e) => {
@@ -588,6 +608,8 @@ impl Core {
                 }
                 Effect::Outbox(o) => {
                     if c.repeated.binary_search(&o.seq).is_ok() {
+                        // Seen before this process knew it: FCM resent it.
+                        self.meters.upstream_resent.increment(1);
                         continue;
                     }
                     self.sessions.committed(&o.session, o.seq, o.line);
@@ -602,7 +624,7 @@ impl Core {
             }
         }
         for s in touched {
-            self.sessions.pump(&s, now, &mut self.out);
+            self.pump_session(&s, now);
         }
     }
 
@@ -695,6 +717,9 @@ impl Core {
     pub(crate) fn finish_ack(&mut self, id: MsgId, raw: &str) {
         let Some(m) = self.remove_msg(id) else { return };
         self.meters.final_ack.increment(1);
+        self.meters
+            .final_seconds
+            .record((self.now - m.accepted_at_ms).max(0) as f64 / 1000.0);
         tracing::debug!(session = %m.session, message_id = %m.message_id, "downstream acked");
         if m.receipt {
             self.inbound
@@ -713,6 +738,9 @@ impl Core {
         http: Option<&crate::link::HttpDetail>,
     ) {
         let Some(m) = self.remove_msg(id) else { return };
+        self.meters
+            .final_seconds
+            .record((self.now - m.accepted_at_ms).max(0) as f64 / 1000.0);
         self.reject_line(&m.session, &m.message_id, &m.body, code, desc, http);
     }
 

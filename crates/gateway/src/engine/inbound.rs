@@ -125,6 +125,7 @@ impl Core {
     ) {
         self.meters.upstream.increment(1);
         if !self.inbound.first_time(&upstream.message_id) {
+            self.meters.upstream_resent.increment(1);
             self.ack_after_commit(link, token);
             return;
         }
@@ -155,11 +156,13 @@ impl Core {
         self.meters.receipts.increment(1);
         if let Some(key) = self.inbound.parked_ids.get(&receipt.message_id) {
             if let Some(p) = self.inbound.parked.get_mut(key) {
+                self.meters.upstream_resent.increment(1);
                 p.also_ack.push((link, token));
                 return;
             }
         }
         if !self.inbound.first_time(&receipt.message_id) {
+            self.meters.upstream_resent.increment(1);
             self.ack_after_commit(link, token);
             return;
         }

@@ -162,13 +162,15 @@ impl Sessions {
     /// Writes what the session's window allows to its connection; asks for
     /// the next page while more is on disk and the queue runs low (before it
     /// runs dry, so the BAL is not kept waiting for the read).
-    pub(crate) fn pump(&mut self, session: &Arc<str>, now: Millis, out: &mut Vec<Output>) {
+    /// Returns how many lines it wrote.
+    pub(crate) fn pump(&mut self, session: &Arc<str>, now: Millis, out: &mut Vec<Output>) -> u64 {
         let max = self.max_unacked;
         let mem = self.mem_outbox;
         let Some(st) = self.map.get_mut(session) else {
-            return;
+            return 0;
         };
-        let Some(conn) = st.conn else { return };
+        let Some(conn) = st.conn else { return 0 };
+        let mut written = 0;
         while st.inflight.len() < max {
             let Some((seq, line)) = st.queue.pop_front() else {
                 break;
@@ -178,6 +180,7 @@ impl Sessions {
                 out: Out::Line(line.clone()),
             });
             st.inflight.insert(seq, line);
+            written += 1;
         }
         let page = mem.min(OUTBOX_PAGE);
         if st.queue.len() <= page / 2 {
@@ -189,6 +192,7 @@ impl Sessions {
                 });
             }
         }
+        written
     }
 
     /// A page of the outbox was read (`limit` asked).
