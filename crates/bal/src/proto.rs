@@ -55,6 +55,22 @@ impl std::fmt::Display for BalError {
     }
 }
 
+/// A parser error, worded for a BAL: nesting beyond the parser's limit is
+/// said as such (serde_json calls it a "recursion limit").
+fn explain(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.strip_prefix("recursion limit exceeded") {
+        Some(rest) => format!(
+            "JSON nested deeper than {} levels, the parser's limit{rest}",
+            MAX_NESTING
+        ),
+        None => msg,
+    }
+}
+
+/// How deep a BAL line may nest (serde_json's recursion limit).
+pub const MAX_NESTING: usize = 128;
+
 /// A message a BAL sends to gimmm.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "message_type", rename_all = "SCREAMING_SNAKE_CASE")]
@@ -116,8 +132,12 @@ impl FromBal {
             },
             FromBalRef::Downstream { group_id, fcm_data } => FromBal::Downstream {
                 group_id: group_id.map(Cow::into_owned),
-                fcm_data: serde_json::from_str(fcm_data.get())
-                    .map_err(|e| (BalError::InvalidJson, format!("bad fields: {e}")))?,
+                fcm_data: serde_json::from_str(fcm_data.get()).map_err(|e| {
+                    (
+                        BalError::InvalidJson,
+                        format!("bad fields: {}", explain(&e)),
+                    )
+                })?,
             },
             FromBalRef::Ack { sequence_id } => FromBal::Ack { sequence_id },
             FromBalRef::Ping => FromBal::Ping,
@@ -132,11 +152,21 @@ impl FromBal {
             #[serde(borrow, default)]
             message_type: Option<Cow<'a, str>>,
         }
-        let probe: Probe<'_> = serde_json::from_slice(line)
-            .map_err(|e| (BalError::InvalidJson, format!("not a JSON object: {e}")))?;
+        let probe: Probe<'_> = serde_json::from_slice(line).map_err(|e| {
+            (
+                BalError::InvalidJson,
+                format!("not a JSON object: {}", explain(&e)),
+            )
+        })?;
         match probe.message_type.as_deref() {
-            Some("LOGON" | "DOWNSTREAM" | "ACK" | "PING") => serde_json::from_slice(line)
-                .map_err(|e| (BalError::InvalidJson, format!("bad fields: {e}"))),
+            Some("LOGON" | "DOWNSTREAM" | "ACK" | "PING") => {
+                serde_json::from_slice(line).map_err(|e| {
+                    (
+                        BalError::InvalidJson,
+                        format!("bad fields: {}", explain(&e)),
+                    )
+                })
+            }
             Some(other) => Err((
                 BalError::UnknownMessageType,
                 format!("unknown message_type {other:?}"),
@@ -773,6 +803,19 @@ mod tests {
                 .map(|e| e.0),
             Some(BalError::InvalidJson)
         );
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_says_so() {
+        // (Fields gimmm does not read are skipped, however deep.)
+        let deep = format!(
+            r#"{{"message_type":"DOWNSTREAM","fcm_data":{{"to":"t","x":{}{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let (code, desc) = FromBal::parse(deep.as_bytes()).unwrap_err();
+        assert_eq!(code, BalError::InvalidJson);
+        assert!(desc.contains("nested deeper than 128 levels"), "{desc}");
     }
 
     #[test]

@@ -29,6 +29,7 @@
 mod downstream;
 mod error;
 mod inbound;
+pub mod strict;
 pub mod v1;
 
 pub use downstream::{

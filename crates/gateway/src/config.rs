@@ -395,10 +395,9 @@ impl Config {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                let t: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    origin: p.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                let origin = p.display().to_string();
+                let t: toml::Table = toml::from_str(&text)
+                    .map_err(|e| parse_error(&origin, Some(&text), &e, None))?;
                 // Deserializing the text itself (not the table) keeps spans:
                 // a mistake in the file is reported with its line and column.
                 // The table form names the dotted key ("in `fcm.port`").
@@ -407,13 +406,7 @@ impl Config {
                         .try_into::<Config>()
                         .err()
                         .and_then(|e| dotted_key(&e.to_string()));
-                    return Err(ConfigError::Parse {
-                        origin: p.display().to_string(),
-                        message: match key {
-                            Some(k) => format!("{k}: {e}"),
-                            None => e.to_string(),
-                        },
-                    });
+                    return Err(parse_error(&origin, Some(&text), &e, key));
                 }
                 (t, p.display().to_string())
             }
@@ -423,9 +416,9 @@ impl Config {
         let mut cfg: Config =
             toml::Value::Table(table)
                 .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: origin.clone(),
-                    message: e.to_string(),
+                .map_err(|e: toml::de::Error| {
+                    let key = dotted_key(&e.to_string());
+                    parse_error(&origin, None, &e, key)
                 })?;
         if path.is_none() && cfg.bal.sessions.is_empty() {
             cfg.bal.sessions = embedded_default().bal.sessions;
@@ -580,6 +573,109 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Keys whose values are secrets: never shown in an error (the last part of
+/// the dotted key: `fcm.server_key`, `bal.sessions[0].token`, `admin.token`,
+/// …).
+const SECRET_KEYS: &[&str] = &["server_key", "token", "ingress_keys", "url", "password"];
+
+/// True when the value at dotted `key` is a secret.
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let last = last.split('[').next().unwrap_or(last);
+    SECRET_KEYS.contains(&last)
+}
+
+/// A TOML error as gimmm reports it: the file, line, column and key, and
+/// the problem — never the line itself (toml's snippet would print a
+/// secret on it), and for a secret key not even a value inside the
+/// problem's text.
+fn parse_error(
+    origin: &str,
+    text: Option<&str>,
+    e: &toml::de::Error,
+    key: Option<String>,
+) -> ConfigError {
+    let at = match (text, e.span()) {
+        (Some(t), Some(span)) => Some(line_col(t, span.start)),
+        _ => None,
+    };
+    // The key on the line the error points at; else the one the table
+    // form named.
+    let key = text
+        .zip(e.span())
+        .and_then(|(t, span)| key_at(t, span.start))
+        .or(key);
+    let mut problem = e.message().trim().to_string();
+    if key.as_deref().is_some_and(is_secret_key) {
+        problem = redact_values(&problem);
+    }
+    let mut message = String::new();
+    if let Some((line, col)) = at {
+        message.push_str(&format!("line {line}, column {col}: "));
+    }
+    if let Some(k) = &key {
+        message.push_str(&format!("{k}: "));
+    }
+    message.push_str(&problem);
+    ConfigError::Parse {
+        origin: origin.to_string(),
+        message,
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The dotted key defined on the line holding byte `offset` (its
+/// `[section]` or `[[section]]` header included), for syntax errors, where
+/// toml names no key.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let name = line.split('=').next()?.trim();
+    if name.is_empty() || name.starts_with('[') || name.starts_with('#') {
+        return None;
+    }
+    let section = before[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix("[[")
+            .and_then(|r| r.strip_suffix("]]"))
+            .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+            .map(str::trim)
+    });
+    Some(match section {
+        Some(s) => format!("{s}.{name}"),
+        None => name.to_string(),
+    })
+}
+
+/// The problem's text with what it quotes (values) taken out.
+fn redact_values(problem: &str) -> String {
+    let mut out = String::with_capacity(problem.len());
+    let mut quote: Option<char> = None;
+    for c in problem.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str("<redacted>");
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' || c == '\'' => quote = Some(c),
+            None => out.push(c),
+        }
+    }
+    if quote.is_some() {
+        out.push_str("<redacted>");
+    }
+    out
 }
 
 /// The key named by a toml error's last line ``in `fcm.port` ``.
@@ -886,5 +982,83 @@ mod tests {
         assert!(sa.project_id.is_none());
         let dbg = format!("{sa:?}");
         assert!(!dbg.contains(&body_line) && !dbg.contains("BEGIN"), "{dbg}");
+    }
+
+    /// Config errors name the file, line, key and problem, and never show a
+    /// secret's value (SPEC §11): one case per secret key and error kind.
+    #[test]
+    fn errors_never_show_secret_values() {
+        const V: &str = "s3cr3t-VALUE-4711";
+        let session =
+            |token: &str| format!("[[bal.sessions]]\nsession_id = \"a\"\ntoken = {token}\n");
+        let cases: Vec<(&str, String, &str)> = vec![
+            // syntax: the closing quote is missing
+            (
+                "fcm.server_key",
+                format!("{MIN}[fcm]\nserver_key = \"{V}\n"),
+                "line 5",
+            ),
+            ("bal.sessions.token", session(&format!("\"{V}")), "line 3"),
+            (
+                "admin.token",
+                format!("{MIN}[admin]\ntoken = \"{V}\n"),
+                "line 5",
+            ),
+            // type
+            (
+                "fcm.server_key",
+                format!("{MIN}[fcm]\nserver_key = {}\n", &V[7..11]),
+                "",
+            ),
+            (
+                "fcm.server_key",
+                format!("{MIN}[fcm]\nserver_key = [\"{V}\"]\n"),
+                "line 5",
+            ),
+            ("bal.sessions", session(&format!("[\"{V}\"]")), ""),
+            (
+                "admin.token",
+                format!("{MIN}[admin]\ntoken = {{ x = \"{V}\" }}\n"),
+                "",
+            ),
+            // unknown key (a typo of a secret's name)
+            (
+                "server_kee",
+                format!("{MIN}[fcm]\nserver_kee = \"{V}\"\n"),
+                "line 5",
+            ),
+            (
+                "tokn",
+                format!("[[bal.sessions]]\nsession_id = \"a\"\ntokn = \"{V}\"\n"),
+                "",
+            ),
+            ("tokenn", format!("{MIN}[admin]\ntokenn = \"{V}\"\n"), ""),
+        ];
+        for (key, text, at) in cases {
+            let e = load_str(&text, &[]).unwrap_err().to_string();
+            assert!(
+                !e.contains(V) && !e.contains(&V[7..11]),
+                "secret shown: {e}"
+            );
+            assert!(e.contains("g.toml"), "names the file: {e}");
+            assert!(e.contains(key), "names the key {key}: {e}");
+            assert!(e.contains(at), "says where ({at}): {e}");
+            assert!(!e.contains("|"), "no source snippet: {e}");
+        }
+        // range / consistency
+        let e = load_str(&format!("{MIN}[fcm]\nsender_id = \"1\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fcm.server_key"), "{e}");
+        let e = load_str(&session("\"\""), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("bal.sessions[0].token") && e.contains("empty"),
+            "{e}"
+        );
+        // From the environment.
+        let e = load_str(MIN, &[("GIMMM_FCM__PORT", V)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 }

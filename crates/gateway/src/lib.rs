@@ -19,6 +19,7 @@ pub mod backoff;
 pub mod config;
 pub mod engine;
 pub mod link;
+pub mod lograte;
 pub mod metrics;
 pub mod session;
 

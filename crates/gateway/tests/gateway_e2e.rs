@@ -651,3 +651,44 @@ async fn rate_exceeded_backs_off_that_target_only() {
     );
     env.stop().await;
 }
+
+/// Input hygiene (SPEC §11): an `fcm_data` with a key given twice, or nested
+/// beyond the parser's limit, is a DOWNSTREAM_REJECT `INVALID_JSON` that
+/// says why and keeps the BAL's message id; nothing reaches FCM.
+#[tokio::test]
+async fn duplicate_keys_and_deep_nesting_are_rejected_with_the_message_id() {
+    let env = start(Faults::default(), |_| {}).await;
+    let mut c = env.bal().await;
+    c.writer()
+        .send_raw(
+            br#"{"message_type":"DOWNSTREAM","fcm_data":{"to":"dev-a","message_id":"dup-1","to":"dev-b"}}"#,
+        )
+        .await
+        .unwrap();
+    let deep = format!(
+        r#"{{"message_type":"DOWNSTREAM","fcm_data":{{"to":"dev-a","message_id":"deep-1","data":{{"k":"v"}},"x":{}{}}}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    c.writer().send_raw(deep.as_bytes()).await.unwrap();
+    c.writer().flush().await.unwrap();
+    for (id, why) in [
+        ("dup-1", "duplicate key \"to\""),
+        ("deep-1", "nested deeper than 128"),
+    ] {
+        let m = recv_until(&mut c, |m| m.is_final()).await;
+        let ToBal::DownstreamReject {
+            message_id,
+            error,
+            error_description,
+            ..
+        } = &m
+        else {
+            panic!("expected a REJECT, got {m:?}");
+        };
+        assert_eq!((message_id.as_str(), error.as_str()), (id, "INVALID_JSON"));
+        assert!(error_description.contains(why), "{error_description}");
+    }
+    assert_eq!(env.emu.stats().downstream_received, 0);
+    env.stop().await;
+}

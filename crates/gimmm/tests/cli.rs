@@ -184,3 +184,38 @@ fn unknown_subcommand_fails() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("frobnicate"));
 }
+
+/// A config with a secret on a broken line (the closing quote is missing,
+/// as a new user may type it): `check-config` and `serve` say which file,
+/// line and key, and print no part of the secret (SPEC §11).
+#[test]
+fn config_errors_never_print_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "AAAA-very-secret-server-key-1234";
+    let cases = [
+        format!("{SESSION}[fcm]\nsender_id = \"1\"\nserver_key = \"{secret}\n"),
+        format!(
+            "[[bal.sessions]]\nsession_id = \"a\"\ntoken = 42{}\n",
+            &secret[..4]
+        ),
+        format!("{SESSION}[admin]\ntokn = \"{secret}\"\n"),
+    ];
+    for (i, body) in cases.iter().enumerate() {
+        let p = dir.path().join(format!("secret{i}.toml"));
+        std::fs::write(&p, body).unwrap();
+        for cmd in [
+            vec!["check-config", p.to_str().unwrap()],
+            vec!["serve", "--config", p.to_str().unwrap()],
+        ] {
+            let out = gimmm(&cmd);
+            assert!(!out.status.success(), "{cmd:?} accepted {body}");
+            let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            assert!(
+                !all.contains(secret) && !all.contains("AAAA"),
+                "{cmd:?} printed the secret: {all}"
+            );
+            assert!(all.contains(&format!("secret{i}.toml")), "{all}");
+            assert!(all.contains("line "), "{all}");
+        }
+    }
+}

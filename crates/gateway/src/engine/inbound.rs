@@ -49,7 +49,7 @@ struct Route {
 }
 
 /// Routing and dedupe state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct InboundState {
     recent: HashSet<String>,
     receipts: HashMap<Arc<str>, (Arc<str>, MsgId)>,
@@ -61,6 +61,23 @@ pub(crate) struct InboundState {
     next_key: u64,
     /// Upstream messages and receipts for no configured session so far.
     pub(crate) unroutable: u64,
+    /// Its warning, rate-limited.
+    unroutable_log: crate::lograte::LogLimit,
+}
+
+impl Default for InboundState {
+    fn default() -> Self {
+        InboundState {
+            recent: HashSet::new(),
+            receipts: HashMap::new(),
+            receipt_order: VecDeque::new(),
+            parked: HashMap::new(),
+            parked_ids: HashMap::new(),
+            next_key: 0,
+            unroutable: 0,
+            unroutable_log: crate::lograte::LogLimit::new(crate::lograte::WARN_EVERY_MS),
+        }
+    }
 }
 
 impl InboundState {
@@ -107,7 +124,11 @@ impl Core {
     }
 
     fn unroutable(&mut self, category: &str, raw: String) -> Op {
-        tracing::warn!(%category, "upstream message for an unknown category stored as unroutable");
+        // Devices can make this repeat: at most once per 10 s in the log;
+        // the metric counts each.
+        if let Some(more) = self.inbound.unroutable_log.allow(self.now) {
+            tracing::warn!(%category, suppressed = more, "upstream message for an unknown category stored as unroutable");
+        }
         metrics::counter!(m::UPSTREAM_UNROUTABLE).increment(1);
         self.inbound.unroutable += 1;
         Op::Unroutable {

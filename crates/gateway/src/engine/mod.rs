@@ -477,7 +477,9 @@ impl Engine {
                     if let Some(tx) = self.conns.get(&conn) {
                         if tx.deliver(out) == Delivery::SlowConsumer {
                             // Its results stay stored and are redelivered
-                            // on its next logon.
+                            // on its next logon; nothing more is queued for
+                            // it (its Detach follows).
+                            self.conns.remove(&conn);
                             tracing::warn!(
                                 conn,
                                 "BAL does not read what it is sent; disconnecting it"

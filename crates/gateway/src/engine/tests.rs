@@ -1275,3 +1275,47 @@ fn shutdown_stops_sending_and_flushes_at_once() {
     r.ready(1, 10);
     assert!(r.sent.is_empty(), "nothing new to FCM while stopping");
 }
+
+/// Captures the log lines written while `f` runs.
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::Mutex;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(sub, f);
+    let bytes = buf.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn repeated_unroutable_warnings_are_rate_limited() {
+    let mut r = Rig::new(cfg());
+    let log = logged(|| {
+        for i in 0..500 {
+            r.link(upstream(&format!("nobody-{i}"), "no.such.app"));
+        }
+        r.advance(10_000);
+        r.link(upstream("nobody-late", "no.such.app"));
+    });
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("unroutable")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[1].contains("suppressed=499"), "{}", lines[1]);
+    // Every one is still stored and counted.
+    r.commit();
+    assert_eq!(r.core.snapshot().unroutable, 501);
+    assert_eq!(r.acks_to_fcm.len(), 501);
+}

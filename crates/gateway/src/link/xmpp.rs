@@ -154,6 +154,7 @@ async fn run(
         events: &events,
         wire: HashMap::new(),
         held: VecDeque::new(),
+        garbage_log: crate::lograte::LogLimit::new(crate::lograte::WARN_EVERY_MS),
     };
     let reason = conn.serve(&p, stream, &mut cmds, &stop).await;
     tracing::debug!(link = id, %reason, "CCS link closed");
@@ -209,6 +210,8 @@ struct Conn<'a> {
     wire: HashMap<Arc<str>, MsgId>,
     /// Messages whose id is already on the wire: sent once it is answered.
     held: VecDeque<Outgoing>,
+    /// CCS can make this warning repeat.
+    garbage_log: crate::lograte::LogLimit,
 }
 
 /// How a stream ended on the reading side.
@@ -407,7 +410,9 @@ impl Conn<'_> {
                     match fcm::parse_inbound(&raw) {
                         Ok(msg) => self.inbound(msg, raw, out),
                         Err(e) => {
-                            tracing::warn!(link = self.id, error = %e, "ignoring unparseable message from CCS");
+                            if let Some(more) = self.garbage_log.allow(crate::lograte::tokio_ms()) {
+                                tracing::warn!(link = self.id, error = %e, suppressed = more, "ignoring unparseable message from CCS");
+                            }
                         }
                     }
                 }

@@ -12,6 +12,7 @@ pub mod prepare;
 use self::out::{out_channel, Out, OutRx, OutTx, BACKPRESSURE_LINES};
 use crate::config::{BalConfig, Secret};
 use crate::engine::{Cmd, ConnId};
+use crate::lograte::{tokio_ms, LogLimit, WARN_EVERY_MS};
 use bal::proto::{line, BalError, FromBalRef};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -64,6 +65,9 @@ pub async fn serve(
         ids: prepare::IdSource::new(),
         rules,
     });
+    // A client can make these repeat: logged at most every 10 s.
+    let mut accept_log = LogLimit::new(WARN_EVERY_MS);
+    let mut full_log = LogLimit::new(WARN_EVERY_MS);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -72,13 +76,17 @@ pub async fn serve(
         let (sock, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "BAL accept failed");
+                if let Some(more) = accept_log.allow(tokio_ms()) {
+                    tracing::warn!(error = %e, suppressed = more, "BAL accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many BAL connections; refusing");
+            if let Some(more) = full_log.allow(tokio_ms()) {
+                tracing::warn!(%peer, suppressed = more, "too many BAL connections; refusing");
+            }
             drop(sock);
             continue;
         };

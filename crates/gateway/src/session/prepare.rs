@@ -56,13 +56,22 @@ impl Default for IdSource {
     }
 }
 
-/// The `message_id` of an `fcm_data` text, when it has a string one.
+/// The `message_id` of an `fcm_data` text, when it has a string one (read
+/// leniently: also from a body refused for duplicate keys or depth).
 pub fn message_id_of(raw: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Id {
         message_id: Option<String>,
     }
-    serde_json::from_str::<Id>(raw).ok()?.message_id
+    match serde_json::from_str::<Id>(raw) {
+        Ok(id) => id.message_id,
+        // E.g. `message_id` given twice: the last one, as a Value reads it.
+        Err(_) => serde_json::from_str::<serde_json::Value>(raw)
+            .ok()?
+            .get("message_id")?
+            .as_str()
+            .map(str::to_string),
+    }
 }
 
 /// Validates a DOWNSTREAM and prepares it for the engine. `raw` is the
@@ -77,8 +86,32 @@ pub fn downstream(
     group_id: Option<String>,
     raw: &str,
 ) -> Incoming {
-    let mut fcm_data: serde_json::Value =
-        serde_json::from_str(raw).unwrap_or(serde_json::Value::Null);
+    let mut fcm_data = match fcm::strict::from_str_strict(raw) {
+        Ok(v) => v,
+        Err(e) => {
+            // Duplicate keys, too deep (SPEC §11): refused, keeping the
+            // BAL's message id when one can be read.
+            let message_id = message_id_of(raw).unwrap_or_else(|| ids.next());
+            // The REJECT echoes the body as its `fcm_data`, except one too
+            // deep for the BAL's own parser to read back.
+            let body = if e == fcm::strict::StrictError::TooDeep {
+                "null".to_string()
+            } else {
+                raw.to_string()
+            };
+            return Incoming {
+                session: session.clone(),
+                conn,
+                group_id,
+                message_id,
+                body,
+                ttl_ms: 0,
+                receipt: false,
+                target: String::new(),
+                rejected: Some((fcm::ErrorCode::InvalidJson, format!("fcm_data: {e}"))),
+            };
+        }
+    };
     let given = fcm_data
         .get("message_id")
         .and_then(|v| v.as_str())
@@ -175,5 +208,37 @@ mod tests {
         // §3.2's rules still apply, and win.
         let inc = prep(Rules::HttpV1, r#"{"message_id":"m","data":{"from":"x"}}"#);
         assert!(inc.rejected.is_some());
+    }
+
+    #[test]
+    fn duplicate_keys_and_deep_nesting_are_refused_keeping_the_message_id() {
+        for rules in [Rules::Xmpp, Rules::HttpV1] {
+            let inc = prep(rules, r#"{"to":"a","message_id":"m-dup","to":"b"}"#);
+            let (code, desc) = inc.rejected.expect("refused");
+            assert_eq!(code.as_str(), "INVALID_JSON");
+            assert!(desc.contains("duplicate key \"to\""), "{desc}");
+            assert_eq!(inc.message_id, "m-dup");
+            let inc = prep(
+                rules,
+                r#"{"to":"a","message_id":"m-dup2","data":{"k":"1","k":"2"}}"#,
+            );
+            assert!(inc.rejected.unwrap().1.contains("duplicate key \"k\""));
+            assert_eq!(inc.message_id, "m-dup2");
+            // Two message ids: which one would FCM use? Refused; the id
+            // reported is the one serde reads (the last).
+            let inc = prep(rules, r#"{"to":"a","message_id":"x","message_id":"y"}"#);
+            assert!(inc.rejected.is_some());
+            assert_eq!(inc.message_id, "y");
+            let deep = format!(
+                r#"{{"to":"a","message_id":"m-deep","data":{{"k":"v"}},"x":{}{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            );
+            let inc = prep(rules, &deep);
+            let (_, desc) = inc.rejected.expect("refused");
+            assert!(desc.contains("nested deeper than 128"), "{desc}");
+            assert_eq!(inc.message_id, "m-deep");
+            assert_eq!(inc.body, "null", "not echoed: too deep to read back");
+        }
     }
 }
