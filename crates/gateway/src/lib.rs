@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  BALs ──NDJSON/TCP── session ──Cmd──▶ engine ◀──LinkEvent── link 1..N ──XMPP/TLS── CCS
-//!                                       (core)  ──LinkCmd──▶
+//!  apps ──HTTPS──────── ingress ──Cmd──▶ (core)  ──LinkCmd──▶
 //!                                          │ store::Store (batches ▸ in-order commit reports)
 //!                                        store (SQLite WAL)
 //! ```
@@ -17,6 +17,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod engine;
+pub mod ingress;
 pub mod link;
 pub mod metrics;
 pub mod session;
@@ -48,6 +49,9 @@ pub enum GatewayError {
     /// TLS setup failed.
     #[error("TLS setup: {0}")]
     Tls(#[from] xmpp::XmppError),
+    /// The upstream ingress could not start (SPEC §10).
+    #[error(transparent)]
+    Ingress(#[from] ingress::IngressError),
 }
 
 /// A running gateway.
@@ -56,6 +60,8 @@ pub struct Gateway {
     pub bal_addr: SocketAddr,
     /// Admin HTTP address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// Upstream ingress address (SPEC §10), when enabled.
+    pub ingress_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
@@ -159,6 +165,10 @@ impl Gateway {
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
+        // Ingress posts share the BAL commands' channel: the engine's
+        // backpressure (a slow store) holds them back the same way.
+        let ingress = ingress::Ingress::bind(&cfg, cmd_tx.clone(), store.clone()).await?;
+        let ingress_addr = ingress.as_ref().map(ingress::Ingress::local_addr);
         let tracker = TaskTracker::new();
         let eng = engine::Engine::new(ecfg, store.clone(), &recovery, factory, shutdown.clone());
         tracker.spawn(eng.run(cmd_rx, ctl_rx, commit_rx));
@@ -168,6 +178,10 @@ impl Gateway {
             cmd_tx,
             shutdown.clone(),
         ));
+        if let Some(i) = ingress {
+            tracing::info!(addr = %i.local_addr(), tls = i.is_tls(), "upstream ingress listening (POST /v1/upstream)");
+            tracker.spawn(i.serve(shutdown.clone()));
+        }
         if let Some(l) = admin_listener {
             let state = admin::AdminState::new(ctl_tx.clone(), store, cfg.admin.token.clone());
             tracker.spawn(admin::serve(l, state, shutdown.clone()));
@@ -177,6 +191,7 @@ impl Gateway {
         Ok(Gateway {
             bal_addr,
             admin_addr,
+            ingress_addr,
             shutdown,
             abort,
             tracker,
