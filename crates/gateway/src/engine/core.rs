@@ -823,6 +823,7 @@ impl Core {
             messages_spilled: self.queue.paging.spilled,
             auth_error: self.links.auth_error.clone(),
             unroutable: self.inbound.unroutable,
+            store_degraded: self.store_degraded,
         }
     }
 }

@@ -158,6 +158,9 @@ pub struct Snapshot {
     pub auth_error: Option<String>,
     /// Upstream messages for unknown categories so far.
     pub unroutable: u64,
+    /// The store cannot take writes (disk full …): new messages are
+    /// refused.
+    pub store_degraded: bool,
 }
 
 /// One link, for the admin API.
@@ -497,7 +500,9 @@ impl Engine {
                 );
             }
             Cmd::Snapshot(tx) => {
-                let _ = tx.send(self.core.snapshot());
+                let mut snap = self.core.snapshot();
+                snap.store_degraded = self.store.is_degraded();
+                let _ = tx.send(snap);
             }
         }
     }

@@ -37,10 +37,10 @@ use tokio::time::Instant;
 /// `message_id` then gets 200 duplicate).
 pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An oversized body announced by `Content-Length` up to this much over
-/// the limit is read and dropped before the 413, so the client sees the
-/// answer instead of a connection reset (the kernel resets a connection
-/// closed with unread data). Larger ones are answered at once.
+/// An oversized body up to this much over the limit is read and dropped
+/// before the 413, so the client sees the answer instead of a connection
+/// reset (the kernel resets a connection closed with unread data). One
+/// announced larger by `Content-Length` is answered at once.
 const DRAIN_MAX: u64 = 64 * 1024;
 
 /// One session as the ingress sees it.
@@ -121,28 +121,18 @@ fn done(session: &str, outcome: &'static str, started: Instant, r: Response) -> 
 pub(crate) async fn upstream(State(st): State<Arc<IngressState>>, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    // 413 before reading anything when the client says how much is coming.
+    // 413 at once when the client announces far too much.
     let announced = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = announced.filter(|n| *n > st.max_body as u64) {
-        if n <= st.max_body as u64 + DRAIN_MAX {
-            let drain = async {
-                let mut body = body;
-                while let Some(Ok(_)) = body.frame().await {}
-            };
-            let _ = tokio::time::timeout(st.read_timeout, drain).await;
-        }
+    if announced.is_some_and(|n| n > st.max_body as u64 + DRAIN_MAX) {
         return done("", "too_large", started, too_large(st.max_body));
     }
-    let limited = http_body_util::Limited::new(body, st.max_body);
-    let bytes = match tokio::time::timeout(st.read_timeout, limited.collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return done("", "too_large", started, too_large(st.max_body));
-        }
+    let bytes = match tokio::time::timeout(st.read_timeout, read_body(body, st.max_body)).await {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return done("", "too_large", started, too_large(st.max_body)),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "ingress: reading a request body failed");
             return done(
@@ -302,6 +292,33 @@ pub(crate) async fn upstream(State(st): State<Arc<IngressState>>, req: Request) 
             ),
         ),
     }
+}
+
+/// Reads the body: `Some(bytes)`, or `None` when it is over `max` (what
+/// follows is read and dropped up to [`DRAIN_MAX`] more bytes, so the
+/// client gets to read the 413).
+async fn read_body(mut body: axum::body::Body, max: usize) -> Result<Option<Vec<u8>>, axum::Error> {
+    let mut buf = Vec::new();
+    let mut seen = 0u64;
+    let mut over = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if !over && buf.len() + data.len() > max {
+            over = true;
+            buf = Vec::new();
+        }
+        if over {
+            if seen > max as u64 + DRAIN_MAX {
+                break;
+            }
+        } else {
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok((!over).then_some(buf))
 }
 
 fn store_unavailable() -> Response {
