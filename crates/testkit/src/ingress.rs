@@ -126,6 +126,33 @@ impl IngressClient {
         self.post(bearer, body.to_string().as_bytes()).await
     }
 
+    /// A connection (TLS handshake done when HTTPS), to write and read by
+    /// hand: for slow and hostile clients.
+    pub async fn open(&self) -> Result<Box<dyn Io>, IngressClientError> {
+        let addr = self.addr;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| IngressClientError::Io {
+                addr,
+                what: "connect",
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some((c, name)) => {
+                let s = c.connect(name.clone(), tcp).await.map_err(|source| {
+                    IngressClientError::Io {
+                        addr,
+                        what: "TLS handshake",
+                        source,
+                    }
+                })?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+
     /// Sends `request` as it is and reads the answer until the server
     /// closes.
     pub async fn raw(&self, request: &[u8]) -> Result<HttpResponse, IngressClientError> {
@@ -158,6 +185,11 @@ impl IngressClient {
             .map_err(|_| IngressClientError::Timeout(addr))?
     }
 }
+
+/// A client connection, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     addr: SocketAddr,
