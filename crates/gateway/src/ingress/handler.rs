@@ -69,6 +69,23 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response {
         .into_response()
 }
 
+/// `{"message_id":..}` (202) or `{"message_id":..,"duplicate":true}`
+/// (200), in that order.
+fn taken(status: StatusCode, message_id: &str, duplicate: bool) -> Response {
+    #[derive(serde::Serialize)]
+    struct Taken<'a> {
+        message_id: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    }
+    let body = serde_json::to_string(&Taken {
+        message_id,
+        duplicate,
+    })
+    .unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 /// An error answer.
 pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
     json(
@@ -249,22 +266,18 @@ pub(crate) async fn upstream(State(st): State<Arc<IngressState>>, req: Request) 
             return done(label, "unavailable", started, store_unavailable());
         }
     };
-    let id = serde_json::Value::String(post.message_id);
     match answer {
         IngressResult::Stored => done(
             label,
             "accepted",
             started,
-            json(StatusCode::ACCEPTED, &serde_json::json!({"message_id": id})),
+            taken(StatusCode::ACCEPTED, &post.message_id, false),
         ),
         IngressResult::Duplicate => done(
             label,
             "duplicate",
             started,
-            json(
-                StatusCode::OK,
-                &serde_json::json!({"message_id": id, "duplicate": true}),
-            ),
+            taken(StatusCode::OK, &post.message_id, true),
         ),
         IngressResult::StoreUnavailable => done(label, "unavailable", started, store_unavailable()),
         IngressResult::ShuttingDown => done(
