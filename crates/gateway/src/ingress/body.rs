@@ -48,9 +48,16 @@ pub struct UpstreamPost {
 #[error("{0}")]
 pub struct BodyError(String);
 
+/// Longest description (serde quotes a wrong-typed string in full).
+pub const MAX_DESCRIPTION_CHARS: usize = 300;
+
 impl BodyError {
     fn new(s: impl Into<String>) -> BodyError {
-        BodyError(s.into())
+        let s: String = s.into();
+        match s.char_indices().nth(MAX_DESCRIPTION_CHARS) {
+            Some((i, _)) => BodyError(format!("{}…", &s[..i])),
+            None => BodyError(s),
+        }
     }
 
     /// The description.
@@ -439,6 +446,14 @@ mod tests {
         );
         let e = parse(body.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("message too big") && e.contains("4097"), "{e}");
+    }
+
+    #[test]
+    fn descriptions_are_bounded() {
+        let long = "x".repeat(4000);
+        let e = err(&format!(r#"{{"category":"a","message_id":"m","from":"f","data":"{long}"}}"#));
+        assert!(e.chars().count() <= MAX_DESCRIPTION_CHARS + 1, "{e}");
+        assert!(e.starts_with("the body is not a valid upstream message: invalid type: string"), "{e}");
     }
 
     #[test]
