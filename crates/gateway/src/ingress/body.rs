@@ -451,9 +451,14 @@ mod tests {
     #[test]
     fn descriptions_are_bounded() {
         let long = "x".repeat(4000);
-        let e = err(&format!(r#"{{"category":"a","message_id":"m","from":"f","data":"{long}"}}"#));
+        let e = err(&format!(
+            r#"{{"category":"a","message_id":"m","from":"f","data":"{long}"}}"#
+        ));
         assert!(e.chars().count() <= MAX_DESCRIPTION_CHARS + 1, "{e}");
-        assert!(e.starts_with("the body is not a valid upstream message: invalid type: string"), "{e}");
+        assert!(
+            e.starts_with("the body is not a valid upstream message: invalid type: string"),
+            "{e}"
+        );
     }
 
     #[test]
