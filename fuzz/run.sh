@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL=(xmpp_reader xmpp_negotiate bal_line fcm_json v1_translate v1_error)
+ALL=(xmpp_reader xmpp_negotiate bal_line fcm_json v1_translate v1_error ingress_body ingress_jwt)
 # `--sanitizer none`: ASan needs `-Zsanitizer`, which stable rustc refuses
 # (RUSTC_BOOTSTRAP=1 would allow it; gimmm forbids unsafe code, so ASan adds
 # little). `-a`: debug assertions and overflow checks on.

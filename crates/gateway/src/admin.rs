@@ -1,7 +1,9 @@
-//! Admin HTTP (SPEC §6, §8.4): `/healthz`, `/readyz`, `/metrics`
+//! Admin HTTP (SPEC §6, §8.4, §10): `/healthz`, `/readyz`, `/metrics`
 //! (Prometheus text) and the JSON API under `/api/v1`, optionally behind a
 //! bearer token. `/readyz` is 200 while one link is ready with capacity
-//! (on HTTP v1: connected and holding a valid access token).
+//! (on HTTP v1: connected and holding a valid access token). The outbox
+//! view tells ingress upstream (SPEC §10) from FCM's and can filter by it
+//! (`source=ingress|fcm`).
 
 use crate::config::Secret;
 use crate::engine::{Cmd, Snapshot};
@@ -342,6 +344,65 @@ struct MessagesQuery {
     session: Option<String>,
     limit: Option<usize>,
     after: Option<u64>,
+    /// `state=outbox` only: `ingress` or `fcm` keeps the UPSTREAMs that
+    /// came that way (SPEC §10).
+    source: Option<String>,
+}
+
+/// Where an UPSTREAM in the outbox came from: `ingress` (SPEC §10) or
+/// `fcm`; `None` for other sequenced messages.
+fn upstream_source(line: &serde_json::Value) -> Option<&'static str> {
+    if line.get("message_type").and_then(|t| t.as_str()) != Some("UPSTREAM") {
+        return None;
+    }
+    let ingress = line
+        .pointer("/fcm_data/source")
+        .and_then(|s| s.as_str())
+        .is_some_and(|s| s == "ingress");
+    Some(if ingress { "ingress" } else { "fcm" })
+}
+
+/// A page of a session's outbox, optionally only the UPSTREAMs from
+/// `source`.
+async fn outbox_page(
+    store: &store::SharedStore,
+    session: &str,
+    source: Option<&str>,
+    after: u64,
+    limit: usize,
+) -> Result<serde_json::Value, ApiError> {
+    let mut cursor = after;
+    let mut items = Vec::new();
+    let mut scanned = 0usize;
+    let mut more = true;
+    let page = if source.is_some() { SCAN_PAGE } else { limit };
+    'scan: while items.len() < limit && scanned < SCAN_MAX {
+        let rows = store
+            .load_outbox(session, cursor, page)
+            .await
+            .map_err(internal)?;
+        let n = rows.len();
+        for r in rows {
+            cursor = r.seq;
+            scanned += 1;
+            let message = json_or_null(&r.body);
+            let from = upstream_source(&message);
+            if source.is_none_or(|want| from == Some(want)) {
+                items.push(
+                    serde_json::json!({"sequence_id": r.seq, "source": from, "message": message}),
+                );
+                if items.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+        if n < page {
+            more = false;
+            break;
+        }
+    }
+    let next = more.then_some(cursor);
+    Ok(serde_json::json!({"state": "outbox", "items": items, "next_after": next}))
 }
 
 /// Rows read per store query while filtering queued messages by session.
@@ -416,24 +477,16 @@ async fn messages(State(st): State<AdminState>, Query(q): Query<MessagesQuery>) 
             }
             Err(e) => Err(internal(e)),
         },
-        "outbox" => match q.session.clone() {
-            None => Err((
+        "outbox" => match (q.session.as_deref(), q.source.as_deref()) {
+            (None, _) => Err((
                 StatusCode::BAD_REQUEST,
                 "state=outbox needs session=\n".into(),
             )),
-            Some(session) => match st.store.load_outbox(&session, after, limit).await {
-                Ok(rows) => {
-                    let next = (rows.len() == limit)
-                        .then(|| rows.last().map(|r| r.seq))
-                        .flatten();
-                    let items: Vec<serde_json::Value> = rows
-                        .into_iter()
-                        .map(|r| serde_json::json!({"sequence_id": r.seq, "message": json_or_null(&r.body)}))
-                        .collect();
-                    Ok(serde_json::json!({"state": "outbox", "items": items, "next_after": next}))
-                }
-                Err(e) => Err(internal(e)),
-            },
+            (Some(_), Some(other)) if other != "ingress" && other != "fcm" => Err((
+                StatusCode::BAD_REQUEST,
+                format!("unknown source {other:?} (ingress, fcm)\n"),
+            )),
+            (Some(session), source) => outbox_page(&st.store, session, source, after, limit).await,
         },
         other => Err((
             StatusCode::BAD_REQUEST,

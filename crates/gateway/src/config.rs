@@ -53,6 +53,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Admin HTTP.
     pub admin: AdminConfig,
+    /// Upstream ingress over HTTPS (SPEC §10).
+    pub ingress: IngressConfig,
 }
 
 /// `fcm.api`: which FCM API gimmm speaks (SPEC §8.1).
@@ -289,6 +291,46 @@ pub struct SessionConfig {
     pub session_id: String,
     /// Shared secret.
     pub token: Secret,
+    /// Ingress (SPEC §10): API keys an app may present as
+    /// `Authorization: Bearer <key>`. Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_keys: Vec<Secret>,
+    /// Ingress: a JWKS file (JSON) whose RS256 / ES256 keys verify the JWTs
+    /// apps present as bearer tokens; `""` = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_jwks_file: Option<PathBuf>,
+    /// Ingress: the `iss` a JWT must carry (required with a JWKS file).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ingress_issuer: String,
+    /// Ingress: the `aud` a JWT must carry (required with a JWKS file).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ingress_audience: String,
+}
+
+impl SessionConfig {
+    /// A session with a BAL token and no ingress credentials.
+    pub fn new(session_id: impl Into<String>, token: impl Into<String>) -> SessionConfig {
+        SessionConfig {
+            session_id: session_id.into(),
+            token: Secret::new(token),
+            ingress_keys: Vec::new(),
+            ingress_jwks_file: None,
+            ingress_issuer: String::new(),
+            ingress_audience: String::new(),
+        }
+    }
+
+    /// The JWKS file, unless unset or `""`.
+    pub fn jwks_file(&self) -> Option<&Path> {
+        self.ingress_jwks_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// True when apps can authenticate to this session on the ingress.
+    pub fn takes_ingress(&self) -> bool {
+        !self.ingress_keys.is_empty() || self.jwks_file().is_some()
+    }
 }
 
 /// `[store]`
@@ -323,6 +365,58 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8080".into(),
             token: Secret::default(),
         }
+    }
+}
+
+/// `[ingress]` (SPEC §10): devices and apps `POST /v1/upstream` here.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// Listen address; empty disables the ingress.
+    pub listen: String,
+    /// Certificate chain (PEM); with `tls_key_file`: HTTPS, else plain
+    /// HTTP (behind a TLS proxy). `""` = none.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Largest request body; larger = 413.
+    pub max_body_bytes: usize,
+    /// Token bucket per client (`from`) and session: requests per minute
+    /// (also the burst); past it 429 with `Retry-After`.
+    pub per_client_per_minute: u32,
+    /// Connections open at once. When full, the connection idle the
+    /// longest is closed to make room; if none is idle the new one is
+    /// refused.
+    pub max_connections: usize,
+    /// A client has this long for its TLS handshake, each request head
+    /// and each request body (slow clients are cut off).
+    pub read_timeout_secs: u64,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            listen: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_body_bytes: 4096,
+            per_client_per_minute: 240,
+            max_connections: 4096,
+            read_timeout_secs: 10,
+        }
+    }
+}
+
+impl IngressConfig {
+    /// The certificate and key files, when both are set (not `""`).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        fn nonempty(p: &Option<PathBuf>) -> Option<&Path> {
+            p.as_deref().filter(|p| !p.as_os_str().is_empty())
+        }
+        Some((
+            nonempty(&self.tls_cert_file)?,
+            nonempty(&self.tls_key_file)?,
+        ))
     }
 }
 
@@ -366,10 +460,9 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 /// session `com.example.app` / `dev-token` and no FCM credentials.
 pub fn embedded_default() -> Config {
     let mut c = Config::default();
-    c.bal.sessions.push(SessionConfig {
-        session_id: "com.example.app".into(),
-        token: Secret::new("dev-token"),
-    });
+    c.bal
+        .sessions
+        .push(SessionConfig::new("com.example.app", "dev-token"));
     c
 }
 
@@ -571,6 +664,95 @@ impl Config {
                 .parse::<SocketAddr>()
                 .map_err(|e| invalid("admin.listen", format!("{:?}: {e}", self.admin.listen)))?;
         }
+        self.validate_ingress()
+    }
+
+    /// `[ingress]` and the sessions' `ingress_*` keys (SPEC §10).
+    fn validate_ingress(&self) -> Result<(), ConfigError> {
+        let ing = &self.ingress;
+        for (i, s) in self.bal.sessions.iter().enumerate() {
+            let key = |k: &str| format!("bal.sessions[{i}].{k}");
+            if s.ingress_keys.iter().any(Secret::is_empty) {
+                return Err(invalid(&key("ingress_keys"), "keys must not be empty"));
+            }
+            match s.jwks_file() {
+                Some(path) => {
+                    crate::ingress::auth::Jwks::load(path)
+                        .map_err(|e| invalid(&key("ingress_jwks_file"), e.to_string()))?;
+                    if s.ingress_issuer.is_empty() {
+                        return Err(invalid(
+                            &key("ingress_issuer"),
+                            "must be set with ingress_jwks_file (the iss every JWT must carry)",
+                        ));
+                    }
+                    if s.ingress_audience.is_empty() {
+                        return Err(invalid(
+                            &key("ingress_audience"),
+                            "must be set with ingress_jwks_file (the aud every JWT must carry)",
+                        ));
+                    }
+                }
+                None => {
+                    for (k, v) in [
+                        ("ingress_issuer", &s.ingress_issuer),
+                        ("ingress_audience", &s.ingress_audience),
+                    ] {
+                        if !v.is_empty() {
+                            return Err(invalid(&key(k), "only applies with ingress_jwks_file"));
+                        }
+                    }
+                }
+            }
+        }
+        let set = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| !p.as_os_str().is_empty());
+        match (set(&ing.tls_cert_file), set(&ing.tls_key_file)) {
+            (true, false) => {
+                return Err(invalid(
+                    "ingress.tls_key_file",
+                    "must be set with ingress.tls_cert_file",
+                ))
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "ingress.tls_cert_file",
+                    "must be set with ingress.tls_key_file",
+                ))
+            }
+            _ => {}
+        }
+        if let Some((cert, key)) = ing.tls_files() {
+            for (k, p) in [
+                ("ingress.tls_cert_file", cert),
+                ("ingress.tls_key_file", key),
+            ] {
+                std::fs::metadata(p)
+                    .map_err(|e| invalid(k, format!("cannot read {}: {e}", p.display())))?;
+            }
+        }
+        if !(256..=1024 * 1024).contains(&ing.max_body_bytes) {
+            return Err(invalid("ingress.max_body_bytes", "must be 256..=1048576"));
+        }
+        if ing.per_client_per_minute == 0 {
+            return Err(invalid("ingress.per_client_per_minute", "must be > 0"));
+        }
+        if ing.max_connections == 0 {
+            return Err(invalid("ingress.max_connections", "must be > 0"));
+        }
+        if ing.read_timeout_secs == 0 {
+            return Err(invalid("ingress.read_timeout_secs", "must be > 0"));
+        }
+        if ing.listen.is_empty() {
+            return Ok(());
+        }
+        ing.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("ingress.listen", format!("{:?}: {e}", ing.listen)))?;
+        if !self.bal.sessions.iter().any(SessionConfig::takes_ingress) {
+            return Err(invalid(
+                "ingress.listen",
+                "the ingress is on but no session has ingress_keys or ingress_jwks_file: every request would be refused",
+            ));
+        }
         Ok(())
     }
 }
@@ -698,7 +880,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         if !matches!(
             section.as_str(),
-            "fcm" | "retry" | "bal" | "store" | "admin"
+            "fcm" | "retry" | "bal" | "store" | "admin" | "ingress"
         ) {
             return Err(ConfigError::Parse {
                 origin: format!("environment {name}"),
@@ -729,6 +911,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             ) | ("bal", "listen")
                 | ("store", "path")
                 | ("admin", "listen" | "token")
+                | ("ingress", "listen" | "tls_cert_file" | "tls_key_file")
         );
         let v = if is_string_key {
             toml::Value::String(value.clone())
@@ -1060,5 +1243,96 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn ingress_settings_are_checked_and_keys_hidden() {
+        let c = load_str(MIN, &[]).unwrap();
+        assert!(c.ingress.listen.is_empty(), "off by default");
+        assert_eq!(c.ingress.max_body_bytes, 4096);
+        assert_eq!(c.ingress.per_client_per_minute, 240);
+        let keyed = "[[bal.sessions]]\nsession_id = \"a\"\ntoken = \"t\"\ningress_keys = [\"app-key-1234\"]\n";
+        let c = load_str(keyed, &[("GIMMM_INGRESS__LISTEN", "127.0.0.1:0")]).unwrap();
+        assert_eq!(c.ingress.listen, "127.0.0.1:0");
+        assert!(!format!("{c:?}").contains("app-key-1234"));
+        let e = load_str(MIN, &[("GIMMM_INGRESS__LISTEN", "127.0.0.1:0")]).unwrap_err();
+        assert!(
+            e.to_string().contains("ingress.listen") && e.to_string().contains("no session"),
+            "{e}"
+        );
+        let e = load_str(&format!("{keyed}[ingress]\nlisten = \"nope\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("ingress.listen"), "{e}");
+        let e = load_str(
+            &format!("{keyed}[ingress]\ntls_cert_file = \"/x.pem\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ingress.tls_key_file"), "{e}");
+        let e = load_str(
+            &format!("{keyed}[ingress]\ntls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ingress.tls_cert_file"), "{e}");
+        let e = load_str(&format!("{keyed}[ingress]\nmax_body_bytes = 10\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("ingress.max_body_bytes"), "{e}");
+        let e = load_str(
+            &format!("{keyed}[ingress]\nper_client_per_minute = 0\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("per_client_per_minute"), "{e}");
+        let e = load_str(
+            "[[bal.sessions]]\nsession_id = \"a\"\ntoken = \"t\"\ningress_keys = [\"\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("bal.sessions[0].ingress_keys"),
+            "{e}"
+        );
+        let e = load_str(&format!("{MIN}ingress_issuer = \"i\"\n"), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("bal.sessions[0].ingress_issuer"),
+            "{e}"
+        );
+        let e = load_str(
+            &format!("{MIN}ingress_jwks_file = \"/nonexistent/jwks.json\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("bal.sessions[0].ingress_jwks_file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_jwks_session_needs_issuer_and_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = testkit::jwt::Signer::ec("k1").unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, testkit::jwt::jwks(&[&signer]).to_string()).unwrap();
+        let base = format!(
+            "{MIN}ingress_jwks_file = {:?}\n",
+            jwks.display().to_string()
+        );
+        let e = load_str(&base, &[]).unwrap_err();
+        assert!(e.to_string().contains("ingress_issuer"), "{e}");
+        let e = load_str(&format!("{base}ingress_issuer = \"i\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("ingress_audience"), "{e}");
+        let c = load_str(
+            &format!("{base}ingress_issuer = \"i\"\ningress_audience = \"a\"\n"),
+            &[("GIMMM_INGRESS__LISTEN", "127.0.0.1:0")],
+        )
+        .unwrap();
+        assert!(c.bal.sessions[0].takes_ingress());
+        std::fs::write(&jwks, "{\"keys\":[]}").unwrap();
+        let e = load_str(
+            &format!("{base}ingress_issuer = \"i\"\ningress_audience = \"a\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no keys"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  BALs ──NDJSON/TCP── session ──Cmd──▶ engine ◀──LinkEvent── link 1..N ──XMPP/TLS── CCS
-//!                                       (core)  ──LinkCmd──▶           or HTTP/2+TLS── FCM HTTP v1
+//!  apps ──HTTPS──────── ingress ──Cmd──▶ (core)  ──LinkCmd──▶           or HTTP/2+TLS── FCM HTTP v1
 //!                                          │ store::Store (batches ▸ in-order commit reports)
 //!                                        store (SQLite WAL)
 //! ```
@@ -18,6 +18,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod engine;
+pub mod ingress;
 pub mod link;
 pub mod lograte;
 pub mod metrics;
@@ -57,6 +58,9 @@ pub enum GatewayError {
     /// The HTTP v1 link could not be set up.
     #[error("FCM HTTP v1 link: {0}")]
     HttpV1(String),
+    /// The upstream ingress could not start (SPEC §10).
+    #[error(transparent)]
+    Ingress(#[from] ingress::IngressError),
 }
 
 /// How [`Gateway::start_with`] reaches FCM beyond what the config says
@@ -94,6 +98,8 @@ pub struct Gateway {
     pub bal_addr: SocketAddr,
     /// Admin HTTP address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// Upstream ingress address (SPEC §10), when enabled.
+    pub ingress_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
@@ -227,6 +233,10 @@ impl Gateway {
         // flooder's reader then waits, pushing back on its socket.
         let (cmd_tx, cmd_rx) = mpsc::channel(BAL_CMD_QUEUE);
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
+        // Ingress posts share the BAL commands' channel: the engine's
+        // backpressure (a slow store) holds them back the same way.
+        let ingress = ingress::Ingress::bind(&cfg, cmd_tx.clone(), store.clone()).await?;
+        let ingress_addr = ingress.as_ref().map(ingress::Ingress::local_addr);
         let tracker = TaskTracker::new();
         let eng = engine::Engine::new(ecfg, store.clone(), &recovery, factory, shutdown.clone());
         tracker.spawn(eng.run(cmd_rx, ctl_rx, commit_rx));
@@ -242,6 +252,10 @@ impl Gateway {
             cmd_tx,
             shutdown.clone(),
         ));
+        if let Some(i) = ingress {
+            tracing::info!(addr = %i.local_addr(), tls = i.is_tls(), "upstream ingress listening (POST /v1/upstream)");
+            tracker.spawn(i.serve(shutdown.clone()));
+        }
         if let Some(l) = admin_listener {
             let state = admin::AdminState::new(ctl_tx.clone(), store, cfg.admin.token.clone())
                 .with_link(kind, extra_metrics);
@@ -257,6 +271,7 @@ impl Gateway {
         Ok(Gateway {
             bal_addr,
             admin_addr,
+            ingress_addr,
             shutdown,
             abort,
             tracker,

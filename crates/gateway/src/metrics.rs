@@ -70,6 +70,32 @@ pub const FCM_STREAMS_IN_FLIGHT: &str = "gimmm_fcm_streams_in_flight";
 pub const STORE_COMMIT_SECONDS: &str = "gimmm_store_commit_seconds";
 /// Batches per store transaction.
 pub const STORE_BATCH_GROUP_SIZE: &str = "gimmm_store_batch_group_size";
+/// Ingress requests by session and outcome (SPEC §10).
+pub const INGRESS_REQUESTS: &str = "gimmm_ingress_requests_total";
+/// Ingress request latency, first byte of the request to the answer.
+pub const INGRESS_REQUEST_SECONDS: &str = "gimmm_ingress_request_seconds";
+/// Ingress connections open.
+pub const INGRESS_CONNECTIONS: &str = "gimmm_ingress_connections";
+/// Idle ingress connections closed to make room for new ones.
+pub const INGRESS_CONNECTIONS_EVICTED: &str = "gimmm_ingress_connections_evicted_total";
+/// Ingress connections refused (every slot busy with a request).
+pub const INGRESS_CONNECTIONS_REFUSED: &str = "gimmm_ingress_connections_refused_total";
+/// Ingress TLS handshakes that failed or timed out.
+pub const INGRESS_TLS_FAILURES: &str = "gimmm_ingress_tls_failures_total";
+
+/// The `outcome` label values of [`INGRESS_REQUESTS`].
+pub const INGRESS_OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "invalid",
+    "unauthorized",
+    "unknown_category",
+    "too_large",
+    "rate_limited",
+    "timeout",
+    "unavailable",
+    "not_found",
+];
 
 /// Every metric the recorder exports: name, kind, help.
 pub const METRICS: &[(&str, &str, &str)] = &[
@@ -205,6 +231,32 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "histogram",
         "Engine batches committed together in one store transaction",
     ),
+    (
+        INGRESS_REQUESTS,
+        "counter",
+        "Ingress requests (POST /v1/upstream) by session and outcome; session is empty when no session was named",
+    ),
+    (
+        INGRESS_REQUEST_SECONDS,
+        "histogram",
+        "Ingress request latency: request head read to answer (the 202 waits for the store's commit)",
+    ),
+    (INGRESS_CONNECTIONS, "gauge", "Ingress connections open"),
+    (
+        INGRESS_CONNECTIONS_EVICTED,
+        "counter",
+        "Idle ingress connections closed to make room for a new one (ingress.max_connections reached)",
+    ),
+    (
+        INGRESS_CONNECTIONS_REFUSED,
+        "counter",
+        "Ingress connections refused because every slot was busy with a request",
+    ),
+    (
+        INGRESS_TLS_FAILURES,
+        "counter",
+        "Ingress TLS handshakes that failed or timed out",
+    ),
 ];
 
 /// Gauges rendered at scrape time from the engine's snapshot and the
@@ -247,8 +299,9 @@ const LABELLED: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// Counters whose labels are open-ended (codes), created on first use.
-const OPEN_LABELS: &[&str] = &[DOWNSTREAM_REJECTED, NACKS];
+/// Counters whose labels are open-ended (codes) or known only at start
+/// (sessions: the ingress creates its series), created on first use.
+const OPEN_LABELS: &[&str] = &[DOWNSTREAM_REJECTED, NACKS, INGRESS_REQUESTS];
 
 /// Buckets of the store commit latency histogram, in seconds.
 const COMMIT_BUCKETS: &[f64] = &[
@@ -261,6 +314,10 @@ const FINAL_BUCKETS: &[f64] = &[
 ];
 /// Buckets of the store group size histogram.
 const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Buckets of the ingress latency histogram, in seconds.
+const INGRESS_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// The process-wide Prometheus recorder (installed on first use). Install
 /// it before anything records: handles resolved earlier go nowhere.
@@ -279,6 +336,12 @@ fn install() -> Option<PrometheusHandle> {
             b.set_buckets_for_metric(
                 Matcher::Full(DOWNSTREAM_FINAL_SECONDS.into()),
                 FINAL_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(INGRESS_REQUEST_SECONDS.into()),
+                INGRESS_BUCKETS,
             )
         })
         .ok()?
@@ -302,7 +365,21 @@ fn install() -> Option<PrometheusHandle> {
             metrics::counter!(*name, *label => *v).increment(0);
         }
     }
+    // Requests that named no session; each session's series are created
+    // when the ingress starts ([`ingress_series`]).
+    ingress_series("");
+    metrics::gauge!(INGRESS_CONNECTIONS).set(0.0);
+    let _ = metrics::histogram!(INGRESS_REQUEST_SECONDS);
     Some(handle)
+}
+
+/// Creates the [`INGRESS_REQUESTS`] series of `session` (every outcome at
+/// 0), so that rate() and alerts see 0 rather than nothing.
+pub fn ingress_series(session: &str) {
+    for o in INGRESS_OUTCOMES {
+        metrics::counter!(INGRESS_REQUESTS, "session" => session.to_string(), "outcome" => *o)
+            .increment(0);
+    }
 }
 
 /// Handles of the hot-path metrics, resolved once (the hot path then only

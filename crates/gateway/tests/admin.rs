@@ -179,6 +179,7 @@ fn snapshot_with(links: &[(u64, &'static str, usize)], auth_error: Option<&str>)
         messages_spilled: false,
         auth_error: auth_error.map(str::to_string),
         unroutable: 0,
+        ..Snapshot::default()
     }
 }
 

@@ -36,14 +36,8 @@ pub fn base_config(dir: &std::path::Path, emu: &Emulator) -> Config {
     cfg.admin.listen = "127.0.0.1:0".into();
     cfg.store.path = dir.join("gimmm.db");
     cfg.bal.sessions = vec![
-        SessionConfig {
-            session_id: SESSION.into(),
-            token: Secret::new(TOKEN),
-        },
-        SessionConfig {
-            session_id: "com.example.other".into(),
-            token: Secret::new("other-token"),
-        },
+        SessionConfig::new(SESSION, TOKEN),
+        SessionConfig::new("com.example.other", "other-token"),
     ];
     cfg
 }

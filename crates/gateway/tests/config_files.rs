@@ -96,6 +96,18 @@ fn example_config_values_are_the_defaults() {
     assert_eq!(format!("{:?}", cfg.retry), format!("{:?}", d.retry));
     assert_eq!(format!("{:?}", cfg.store), format!("{:?}", d.store));
     assert_eq!(format!("{:?}", cfg.admin), format!("{:?}", d.admin));
+    // `tls_*_file = ""` means "none".
+    for f in [
+        &mut cfg.ingress.tls_cert_file,
+        &mut cfg.ingress.tls_key_file,
+    ] {
+        if f.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            *f = None;
+        }
+    }
+    assert_eq!(format!("{:?}", cfg.ingress), format!("{:?}", d.ingress));
+    let s = &cfg.bal.sessions[0];
+    assert!(s.ingress_keys.is_empty() && s.jwks_file().is_none() && !s.takes_ingress());
     let mut bal = cfg.bal;
     bal.sessions.clear();
     assert_eq!(format!("{bal:?}"), format!("{:?}", d.bal));
@@ -116,6 +128,7 @@ fn example_config_documents_every_key() {
         ("bal.sessions", "[[bal.sessions]]"),
         ("store", "[store]"),
         ("admin", "[admin]"),
+        ("ingress", "[ingress]"),
     ];
     let top = schema_keys("");
     for (name, header) in sections {
@@ -139,7 +152,7 @@ fn example_config_documents_every_key() {
     }
     assert_eq!(
         top.len(),
-        5,
+        6,
         "a new top-level section needs documenting: {top:?}"
     );
 }

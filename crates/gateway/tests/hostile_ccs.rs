@@ -395,10 +395,7 @@ async fn gateway(fake: &FakeCcs, tweak: impl FnOnce(&mut Config)) -> Env {
     cfg.bal.listen = "127.0.0.1:0".into();
     cfg.admin.listen = String::new();
     cfg.store.path = dir.path().join("gimmm.db");
-    cfg.bal.sessions = vec![SessionConfig {
-        session_id: SESSION.into(),
-        token: Secret::new(TOKEN),
-    }];
+    cfg.bal.sessions = vec![SessionConfig::new(SESSION, TOKEN)];
     tweak(&mut cfg);
     cfg.validate().unwrap();
     let connector: Arc<dyn xmpp::connect::Connector> =

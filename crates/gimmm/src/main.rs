@@ -556,7 +556,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     let gw = gateway::Gateway::start_with(cfg, opts, shutdown.clone()).await?;
     if let Some(path) = &a.ports_file {
-        if let Err(e) = write_ports_file(path, gw.bal_addr, gw.admin_addr) {
+        if let Err(e) = write_ports_file(path, gw.bal_addr, gw.admin_addr, gw.ingress_addr) {
             gw.stop().await;
             return Err(e);
         }
@@ -564,6 +564,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     println!("gimmm serving BALs on {}", gw.bal_addr);
     if let Some(a) = gw.admin_addr {
         println!("admin http on http://{a} (/healthz /readyz /metrics /api/v1/...)");
+    }
+    if let Some(a) = gw.ingress_addr {
+        println!("upstream ingress on {a} (POST /v1/upstream)");
     }
     signals.recv().await;
     tracing::info!(
@@ -592,16 +595,18 @@ async fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes `{"bal":..,"admin":..}` next to `path` and renames it into place,
-/// so a reader polling for `path` never sees a partial file.
+/// Writes `{"bal":..,"admin":..,"ingress":..}` next to `path` and renames
+/// it into place, so a reader polling for `path` never sees a partial file.
 fn write_ports_file(
     path: &std::path::Path,
     bal: SocketAddr,
     admin: Option<SocketAddr>,
+    ingress: Option<SocketAddr>,
 ) -> Result<()> {
     let body = serde_json::json!({
         "bal": bal.to_string(),
         "admin": admin.map(|a| a.to_string()),
+        "ingress": ingress.map(|a| a.to_string()),
     });
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));

@@ -210,10 +210,7 @@ async fn sigterm_on_http_v1_sends_fcm_nothing_twice() {
     cfg.bal.listen = "127.0.0.1:0".into();
     cfg.admin.listen = String::new();
     cfg.store.path = dir.path().join("gimmm.db");
-    cfg.bal.sessions = vec![gateway::config::SessionConfig {
-        session_id: SESSION.into(),
-        token: gateway::config::Secret::new(TOKEN),
-    }];
+    cfg.bal.sessions = vec![gateway::config::SessionConfig::new(SESSION, TOKEN)];
     let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm"))
         .dir(dir.path())
         .rust_log("info");

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use emulator::v1::{V1Config, V1Emulator};
-use gateway::config::{Config, Secret, SessionConfig};
+use gateway::config::{Config, SessionConfig};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -25,10 +25,7 @@ fn bare_config(dir: &Path) -> Config {
     cfg.bal.listen = "127.0.0.1:0".into();
     cfg.admin.listen = "127.0.0.1:0".into();
     cfg.store.path = dir.join("gimmm.db");
-    cfg.bal.sessions = vec![SessionConfig {
-        session_id: "com.example.app".into(),
-        token: Secret::new("dev-token"),
-    }];
+    cfg.bal.sessions = vec![SessionConfig::new("com.example.app", "dev-token")];
     cfg
 }
 

@@ -3,7 +3,9 @@
 //! `python3 examples/python_bal.py --once ...` and must print its
 //! DOWNSTREAM_ACK, ACK it, and exit 0; a second test makes it start before
 //! the gateway is up and lose its connection mid-flight, so it has to
-//! reconnect with backoff and still finish.
+//! reconnect with backoff and still finish. `examples/python_ingress.py`
+//! (the app side of SPEC §10, shown in the README) posts over HTTPS to the
+//! ingress of an in-process gateway.
 #![allow(clippy::unwrap_used)]
 
 use emulator::{Emulator, EmulatorConfig, Faults};
@@ -225,6 +227,91 @@ async fn python_example_reconnects_with_backoff() {
     let id = acks[0]["message_id"].as_str().unwrap();
     assert!(emu.stats().msg(id).acked >= 1);
     wait_all_acked(&gw).await;
+    gw.stop().await;
+    emu.shutdown().await;
+}
+
+const INGRESS_EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/python_ingress.py"
+);
+
+/// Runs `examples/python_ingress.py` with `args`; (exit success, stdout).
+async fn python_ingress(args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new("python3")
+            .arg(INGRESS_EXAMPLE)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python_ingress.py did not exit")
+    .expect("python3 is needed to run examples/python_ingress.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "stderr: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// The README's app side of "Upstream without XMPP" (issue 11): the
+/// example posts over HTTPS trusting the test CA, the BAL receives its
+/// UPSTREAM; the same message id again is answered 200 duplicate and not
+/// delivered again; a wrong key is a 401 and exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_ingress_example_posts_once_over_https() {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = testkit::TestCa::generate(dir.path()).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let mut cfg = config(dir.path(), &emu);
+    testkit::ingress_config(&mut cfg, Some(&ca), &["py-app-key-000001"]);
+    let gw = gateway(&cfg, &emu).await;
+    let mut probe = testkit::BalProbe::new(SESSION, TOKEN);
+    probe.connect(gw.bal_addr).await.unwrap();
+    let url = format!("https://127.0.0.1:{}", gw.ingress_addr.unwrap().port());
+    let ca_arg = ca_file.to_str().unwrap();
+    let args = [
+        url.as_str(),
+        SESSION,
+        "py-app-key-000001",
+        "python-device-1",
+        "--ca-file",
+        ca_arg,
+        "--message-id",
+        "py-up-1",
+        "text=hi there",
+        "n=1",
+    ];
+    let (ok, out) = python_ingress(&args).await;
+    assert!(ok, "{out}");
+    assert_eq!(out, r#"202 {"message_id": "py-up-1"}"#);
+    let (ok, out) = python_ingress(&args).await;
+    assert!(ok, "{out}");
+    assert_eq!(out, r#"200 {"message_id": "py-up-1", "duplicate": true}"#);
+    let mut wrong = args;
+    wrong[2] = "not-the-key";
+    let (ok, out) = python_ingress(&wrong).await;
+    assert!(!ok && out.starts_with("401 "), "{out}");
+    probe
+        .wait_until("py-up-1", WAIT, |l| l.upstream.contains_key("py-up-1"))
+        .await
+        .unwrap();
+    // A second message shows the first was delivered once, not twice.
+    let mut next = args;
+    next[7] = "py-up-2";
+    assert!(python_ingress(&next).await.0);
+    probe
+        .wait_until("py-up-2", WAIT, |l| l.upstream.contains_key("py-up-2"))
+        .await
+        .unwrap();
+    let seen = probe.snapshot();
+    assert_eq!(seen.upstream_lines("py-up-1"), 1);
+    seen.assert_each_delivered_once();
     gw.stop().await;
     emu.shutdown().await;
 }

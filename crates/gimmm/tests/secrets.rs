@@ -2,9 +2,10 @@
 //! `gimmm serve` runs as a child with `RUST_LOG=debug --log-format json`
 //! against an in-process emulator with a distinctive server key; a message
 //! goes through `gimmm send --wait`, an upstream message is delivered, a LOGON
-//! with a wrong token and an admin call with a wrong bearer token fail; after
-//! SIGTERM neither the key (nor its SASL form) nor any token is anywhere in
-//! the child's output, and every log line is JSON.
+//! with a wrong token and an admin call with a wrong bearer token fail, and
+//! the ingress (SPEC §10, HTTPS) takes a key, a wrong key, a JWT and a forged
+//! one; after SIGTERM neither the key (nor its SASL form) nor any token, key
+//! or JWT is anywhere in the child's output, and every log line is JSON.
 #![allow(clippy::unwrap_used)]
 
 use bal::BalClient;
@@ -23,6 +24,8 @@ const TOKEN_OTHER: &str = "TOKOTHER-8e3b1d44c2";
 const WRONG_TOKEN: &str = "WRONGTOK-2f6a90d1e3";
 const ADMIN_TOKEN: &str = "ADMTOK-a7c3e5f1b9d2";
 const WRONG_ADMIN_TOKEN: &str = "BADADM-04d6e8a2c1";
+const INGRESS_KEY: &str = "INGKEY-3b7d9f1a5c2e";
+const WRONG_INGRESS_KEY: &str = "BADING-6e2a4c8f0b1d";
 
 fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -62,6 +65,20 @@ fn config(dir: &Path, emu: &Emulator) -> Config {
     cfg.fcm.server_key = Secret::default();
     cfg.fcm.server_key_file = Some(key);
     cfg
+}
+
+/// [`config`] plus the ingress over HTTPS with a key and a JWKS (the
+/// signer's tokens are secrets too).
+fn with_ingress(cfg: &mut Config, dir: &Path, signer: &testkit::jwt::Signer) -> testkit::TestCa {
+    let ca = testkit::TestCa::generate(dir).unwrap();
+    testkit::ingress_config(cfg, Some(&ca), &[INGRESS_KEY]);
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, testkit::jwt::jwks(&[signer]).to_string()).unwrap();
+    let s = &mut cfg.bal.sessions[0];
+    s.ingress_jwks_file = Some(jwks);
+    s.ingress_issuer = "https://auth.example.com".into();
+    s.ingress_audience = "gimmm".into();
+    ca
 }
 
 /// `gimmm [args] serve` with its output collected.
@@ -112,8 +129,40 @@ async fn secrets_never_appear_in_debug_json_logs() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &emu);
+    let mut cfg = config(dir.path(), &emu);
+    let signer = testkit::jwt::Signer::ec("k1").unwrap();
+    let ca = with_ingress(&mut cfg, dir.path(), &signer);
     let served = serve(&cfg, dir.path(), &["--log-format", "json"], "debug").await;
+
+    // The ingress: a key, a wrong key, a JWT, a forged one.
+    let ingress = testkit::IngressClient::tls(
+        served.ingress_addr().unwrap(),
+        ca.ca_pem.as_bytes(),
+        "127.0.0.1",
+    )
+    .unwrap();
+    let jwt = signer.sign(&testkit::jwt::claims(
+        "https://auth.example.com",
+        "gimmm",
+        "user-1",
+    ));
+    let forged = testkit::jwt::tamper(
+        &jwt,
+        &testkit::jwt::claims("https://auth.example.com", "gimmm", "admin"),
+    );
+    for (i, (cred, want)) in [
+        (INGRESS_KEY, 202),
+        (WRONG_INGRESS_KEY, 401),
+        (jwt.as_str(), 202),
+        (forged.as_str(), 401),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = testkit::upstream_body("com.example.app", &format!("sec-{i}"), "d");
+        let r = ingress.post_json(Some(cred), &body).await.unwrap();
+        assert_eq!(r.status, want, "{r:?}");
+    }
 
     // One message end to end with `gimmm send --wait` (token from the env).
     let send = tokio::time::timeout(
@@ -185,6 +234,11 @@ async fn secrets_never_appear_in_debug_json_logs() {
         ("wrong token", WRONG_TOKEN),
         ("admin token", ADMIN_TOKEN),
         ("wrong admin token", WRONG_ADMIN_TOKEN),
+        ("ingress key", INGRESS_KEY),
+        ("wrong ingress key", WRONG_INGRESS_KEY),
+        ("JWT", jwt.as_str()),
+        ("JWT signature", jwt.rsplit('.').next().unwrap()),
+        ("forged JWT", forged.as_str()),
     ] {
         assert!(!stdout.contains(secret), "{what} in stdout:\n{stdout}");
         assert!(!stderr.contains(secret), "{what} in the log:\n{stderr}");
@@ -208,7 +262,16 @@ async fn secrets_never_appear_in_debug_json_logs() {
         "no debug line with RUST_LOG=debug: {levels:?}"
     );
     assert!(levels.contains("INFO"), "{levels:?}");
-    for expected in ["gimmm gateway started", "BAL logon refused", "bye"] {
+    let tls_key = std::fs::read_to_string(&ca.key_file).unwrap();
+    let key_body = tls_key.lines().nth(1).unwrap();
+    assert!(!stderr.contains(key_body) && !stdout.contains(key_body));
+    for expected in [
+        "gimmm gateway started",
+        "BAL logon refused",
+        "upstream ingress listening",
+        "ingress: credentials refused",
+        "bye",
+    ] {
         assert!(
             messages.iter().any(|m| m.contains(expected)),
             "no {expected:?} in the log: {messages:#?}"
@@ -278,10 +341,10 @@ async fn v1_key_tokens_and_jwts_never_appear_in_debug_logs() {
     cfg.bal.listen = "127.0.0.1:0".into();
     cfg.admin.listen = "127.0.0.1:0".into();
     cfg.store.path = dir.path().join("gimmm.db");
-    cfg.bal.sessions = vec![gateway::config::SessionConfig {
-        session_id: "com.example.app".into(),
-        token: Secret::new(TOKEN_APP),
-    }];
+    cfg.bal.sessions = vec![gateway::config::SessionConfig::new(
+        "com.example.app",
+        TOKEN_APP,
+    )];
     let served = serve(&cfg, dir.path(), &[], "debug").await;
     let send = |to: &'static str| {
         let bal = served.bal_addr().to_string();

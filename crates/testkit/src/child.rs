@@ -35,6 +35,9 @@ pub struct Ports {
     pub bal: SocketAddr,
     /// The admin HTTP listener (`None` when `admin.listen` is empty).
     pub admin: Option<SocketAddr>,
+    /// The upstream ingress (`None` when `ingress.listen` is empty).
+    #[serde(default)]
+    pub ingress: Option<SocketAddr>,
 }
 
 /// How to run the child. Its `Debug` shows environment variable names only
@@ -219,6 +222,7 @@ impl ChildGateway {
             ports: Ports {
                 bal: SocketAddr::from(([127, 0, 0, 1], 0)),
                 admin: None,
+                ingress: None,
             },
             starts: 0,
             follow,
@@ -323,7 +327,12 @@ impl ChildGateway {
         self.ports.admin
     }
 
-    /// Both addresses of the current (or last) start.
+    /// The ingress address of the current (or last) start.
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        self.ports.ingress
+    }
+
+    /// All addresses of the current (or last) start.
     pub fn ports(&self) -> Ports {
         self.ports
     }

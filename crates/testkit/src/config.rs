@@ -64,10 +64,7 @@ pub fn emulator_config(
     cfg.bal.listen = "127.0.0.1:0".into();
     cfg.bal.sessions = sessions
         .iter()
-        .map(|(id, token)| SessionConfig {
-            session_id: (*id).to_string(),
-            token: Secret::new(*token),
-        })
+        .map(|(id, token)| SessionConfig::new(*id, *token))
         .collect();
     cfg.store.path = dir.join("gimmm.db");
     cfg.admin.listen = "127.0.0.1:0".into();
@@ -117,14 +114,8 @@ mod tests {
         cfg.bal.listen = "127.0.0.1:0".into();
         cfg.bal.max_unacked = 7;
         cfg.bal.sessions = vec![
-            SessionConfig {
-                session_id: "a".into(),
-                token: Secret::new("ta"),
-            },
-            SessionConfig {
-                session_id: "b \"quoted\"".into(),
-                token: Secret::new("tb"),
-            },
+            SessionConfig::new("a", "ta"),
+            SessionConfig::new("b \"quoted\"", "tb"),
         ];
         cfg.store.path = dir.path().join("x.db");
         cfg.admin.listen = String::new();

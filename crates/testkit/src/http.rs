@@ -84,6 +84,37 @@ pub async fn http_get(
 
 /// Status and body of a complete HTTP/1.x response.
 fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+    parse_full(raw).map(|r| (r.status, r.body))
+}
+
+/// A complete HTTP/1.x response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order (names as sent).
+    pub headers: Vec<(String, String)>,
+    /// The decoded body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Parses a complete HTTP/1.x response.
+pub(crate) fn parse_full(raw: &[u8]) -> Result<HttpResponse, String> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -115,7 +146,19 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
         body.to_vec()
     };
     let body = String::from_utf8(body).map_err(|e| format!("body is not UTF-8: {e}"))?;
-    Ok((status, body))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Decodes a chunked body (chunk extensions and trailers ignored).

@@ -14,6 +14,9 @@
 //!   recording everything in a [`Ledger`] that checks the SPEC §3.3
 //!   promise: exactly one final result per accepted message.
 //! * [`http`]: one HTTP/1.1 GET for the admin endpoints (SPEC §6).
+//! * [`ingress`]: a client of the upstream ingress (SPEC §10), plain or
+//!   TLS, and a throw-away CA for its certificate; [`jwt`]: RS256 / ES256
+//!   test signers, their JWKS, and forged tokens.
 //! * [`net`]: a loopback port that refuses connections (an unreachable FCM).
 //! * [`relay`]: a TCP relay with a fixed address in front of a gateway whose
 //!   address changes, for clients that cannot be told the new one.
@@ -24,6 +27,8 @@
 pub mod child;
 pub mod config;
 pub mod http;
+pub mod ingress;
+pub mod jwt;
 pub mod ledger;
 pub mod net;
 pub mod probe;
@@ -31,7 +36,8 @@ pub mod relay;
 
 pub use child::{ChildError, ChildGateway, ChildOpts, Ports};
 pub use config::{emulator_config, in_process, write_config};
-pub use http::{http_get, HttpError};
+pub use http::{http_get, HttpError, HttpResponse};
+pub use ingress::{ingress_config, upstream_body, IngressClient, TestCa};
 pub use ledger::{Final, FinalsError, Ledger};
 pub use net::ClosedPort;
 pub use probe::{recv, recv_until, AckPolicy, BalProbe, LedgerWatch, ProbeError};

@@ -115,6 +115,34 @@ pub enum Input {
         /// The answer.
         target: ReadResult<Option<ReceiptTarget>>,
     },
+    /// An upstream message posted to the ingress (SPEC §10), valid and
+    /// authenticated; answered with [`Output::IngressReply`].
+    Ingress {
+        /// Echoed in the reply (the driver keeps the caller's channel).
+        id: u64,
+        /// The session named by its `category`.
+        session: Arc<str>,
+        /// The app's idempotency key.
+        message_id: String,
+        /// The upstream JSON the BAL receives as `fcm_data`.
+        fcm_data: String,
+    },
+}
+
+/// The engine's answer to an ingress post (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressResult {
+    /// Durably stored; the BAL will receive it.
+    Stored,
+    /// This `message_id` was taken before for the category: nothing new is
+    /// stored or delivered.
+    Duplicate,
+    /// The store cannot take writes: refused, not stored.
+    StoreUnavailable,
+    /// gimmm is shutting down: refused, not stored.
+    ShuttingDown,
+    /// No session has this category (the ingress checks before asking).
+    UnknownCategory,
 }
 
 /// What the driver does for the core.
@@ -165,6 +193,14 @@ pub enum Output {
         key: u64,
         /// The original message id.
         message_id: String,
+    },
+    /// Answer an ingress post ([`Input::Ingress`]): after the commit of
+    /// the batch that stored it, or at once when it was refused.
+    IngressReply {
+        /// The post's id.
+        id: u64,
+        /// What happened.
+        result: IngressResult,
     },
     /// Something is broken beyond repair (the store broke its contract):
     /// stop.
@@ -270,6 +306,12 @@ impl Core {
         self.store_degraded = degraded;
     }
 
+    /// True while new messages are refused because the store cannot take
+    /// writes.
+    pub(crate) fn store_degraded(&self) -> bool {
+        self.store_degraded
+    }
+
     /// When [`Core::tick`] must run next.
     pub fn next_deadline(&self) -> Millis {
         let mut d = self.next_sweep;
@@ -313,6 +355,12 @@ impl Core {
                 self.pump_session(&session, now);
             }
             Input::ReceiptTarget { key, target } => self.on_receipt_target(key, target, now),
+            Input::Ingress {
+                id,
+                session,
+                message_id,
+                fcm_data,
+            } => self.on_ingress(id, session, message_id, fcm_data),
         }
     }
 
@@ -621,6 +669,19 @@ impl Core {
                     link: a.link,
                     cmd: LinkCmd::AckUpstream(a.token),
                 }),
+                Effect::IngressStored(i) => {
+                    // The store skipped the outbox row of an id it had seen:
+                    // a duplicate (its Outbox effect above was skipped too).
+                    let duplicate = c.repeated.binary_search(&i.seq).is_ok();
+                    self.out.push(Output::IngressReply {
+                        id: i.id,
+                        result: if duplicate {
+                            IngressResult::Duplicate
+                        } else {
+                            IngressResult::Stored
+                        },
+                    });
+                }
             }
         }
         for s in touched {
@@ -801,6 +862,7 @@ impl Core {
             messages_spilled: self.queue.paging.spilled,
             auth_error: self.links.auth_error.clone(),
             unroutable: self.inbound.unroutable,
+            store_degraded: self.store_degraded,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! crate): every state change is a write ([`store::Op`]) in the batch of the
 //! current turn; everything the outside world may rely on — a
 //! DOWNSTREAM_ACCEPTED, a sequenced line for a BAL, an ack of an upstream
-//! message to FCM — is an [`Effect`] that runs only once the store reports
-//! that batch committed.
+//! message to FCM, the 202 of an ingress post (§10) — is an [`Effect`]
+//! that runs only once the store reports that batch committed.
 //!
 //! The store reports batches in submission order, exactly once; the engine
 //! checks that contract on every report ([`Durability::committed`]) rather
@@ -54,12 +54,23 @@ pub(crate) struct AckUpstream {
     pub(crate) token: UpstreamToken,
 }
 
+/// An ingress post (SPEC §10), answered once stored: 202, or 200
+/// duplicate when the store reports its outbox `seq` as repeated.
+#[derive(Debug)]
+pub(crate) struct IngressStored {
+    /// The post's id ([`super::Input::Ingress`]).
+    pub(crate) id: u64,
+    /// The sequence id its UPSTREAM line was given.
+    pub(crate) seq: u64,
+}
+
 /// What runs after a batch is on disk.
 #[derive(Debug)]
 pub(crate) enum Effect {
     Accepted(Accepted),
     Outbox(OutboxLine),
     AckUpstream(AckUpstream),
+    IngressStored(IngressStored),
 }
 
 /// A batch handed to the store, waiting for its report.

@@ -1,7 +1,10 @@
-//! Inbound routing (SPEC §3.3 "Routing", §4 upstream acks): upstream
-//! messages go to the session named by their `category`, delivery receipts
-//! to the session that sent the original message; what no session takes is
-//! stored as unroutable. Each is acked to FCM only after it is stored.
+//! Inbound routing (SPEC §3.3 "Routing", §4 upstream acks, §10 ingress):
+//! upstream messages go to the session named by their `category`, delivery
+//! receipts to the session that sent the original message; what no session
+//! takes is stored as unroutable. Each is acked to FCM only after it is
+//! stored. Upstream posted to the ingress takes the same path (the same
+//! UPSTREAM line, deduplicated by the store under a key of its own) and is
+//! answered to its HTTP client only after it is stored.
 //!
 //! Deduplication: FCM resends what was not acked when a connection closes.
 //! Ids seen recently are recognised here without a write; older repeats
@@ -14,8 +17,8 @@
 //! task. While that lookup runs the receipt is parked, and a resend of it
 //! waits with it.
 
-use super::core::{Core, Output};
-use super::durability::{AckUpstream, Effect};
+use super::core::{Core, IngressResult, Output};
+use super::durability::{AckUpstream, Effect, IngressStored};
 use crate::link::{LinkId, MsgId, UpstreamToken};
 use crate::metrics as m;
 use bal::proto::line;
@@ -292,5 +295,56 @@ impl Core {
         for (l, t) in also_ack {
             self.ack_after_commit(l, t);
         }
+    }
+}
+
+/// The dedupe key of an ingress post (SPEC §10): the app's `message_id`
+/// namespaced by its category, so two apps' ids never collide with each
+/// other, and prefixed, so they do not collide with FCM's upstream ids.
+/// The category's length goes first: `a` + `b:c` and `a:b` + `c` differ.
+pub(crate) fn ingress_key(category: &str, message_id: &str) -> String {
+    format!("ingress:{}:{category}:{message_id}", category.len())
+}
+
+impl Core {
+    /// An upstream message posted to the ingress (SPEC §10): stored like an
+    /// XMPP upstream message (deduplicated by the store, the UPSTREAM line
+    /// sequenced for its session) and answered only after the commit.
+    pub(crate) fn on_ingress(
+        &mut self,
+        id: u64,
+        session: Arc<str>,
+        message_id: String,
+        fcm_data: String,
+    ) {
+        let refused = if self.stopping() {
+            Some(IngressResult::ShuttingDown)
+        } else if self.store_degraded() {
+            // As for DOWNSTREAMs: refused at once, never queued behind a
+            // write that cannot commit.
+            Some(IngressResult::StoreUnavailable)
+        } else {
+            None
+        };
+        let key = self.sessions.key(&session);
+        let (session, result) = match (refused, key) {
+            (Some(r), _) => (None, r),
+            (None, None) => (None, IngressResult::UnknownCategory),
+            (None, Some(s)) => (Some(s), IngressResult::Stored),
+        };
+        let Some(session) = session else {
+            self.out.push(Output::IngressReply { id, result });
+            return;
+        };
+        let seq = self.take_seq();
+        let l = line::upstream(seq, &session, &fcm_data);
+        let key = ingress_key(&session, &message_id);
+        let then = vec![self.outbox_op(session, seq, l)];
+        self.dur.write(Op::Upstream {
+            message_id: key,
+            then,
+        });
+        self.dur
+            .effect(Effect::IngressStored(IngressStored { id, seq }));
     }
 }

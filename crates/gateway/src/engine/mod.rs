@@ -22,7 +22,7 @@ pub(crate) mod sessions;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::{Core, CoreConfig, Input, Output};
+pub use self::core::{Core, CoreConfig, IngressResult, Input, Output};
 
 use crate::config::RetryConfig;
 use crate::link::{LinkEvent, LinkFactory, LinkHandle, LinkId};
@@ -69,7 +69,21 @@ pub struct Incoming {
     pub rejected: Option<(ErrorCode, String)>,
 }
 
-/// Commands from BAL sessions and the admin API.
+/// An upstream message posted to the ingress (SPEC §10): valid and
+/// authenticated; answered on `reply` once stored (or refused).
+#[derive(Debug)]
+pub struct IngressPost {
+    /// The session named by its `category`.
+    pub session: Arc<str>,
+    /// The app's idempotency key.
+    pub message_id: String,
+    /// The upstream JSON the BAL receives as `fcm_data`.
+    pub fcm_data: String,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<IngressResult>,
+}
+
+/// Commands from BAL sessions, the ingress and the admin API.
 #[derive(Debug)]
 pub enum Cmd {
     /// A connection logged on to a session (takes over an older one).
@@ -99,6 +113,8 @@ pub enum Cmd {
         /// Sequence id.
         seq: u64,
     },
+    /// An upstream message from the ingress (SPEC §10).
+    Ingress(Box<IngressPost>),
     /// State for the admin API.
     Snapshot(oneshot::Sender<Snapshot>),
 }
@@ -142,6 +158,9 @@ pub struct Snapshot {
     pub auth_error: Option<String>,
     /// Upstream messages for unknown categories so far.
     pub unroutable: u64,
+    /// The store cannot take writes (disk full …): new messages are
+    /// refused.
+    pub store_degraded: bool,
 }
 
 /// One link, for the admin API.
@@ -229,6 +248,9 @@ pub struct Engine {
     abort: CancellationToken,
     /// How long the drain waits for answers to what is in flight.
     grace: Duration,
+    /// Ingress posts waiting for their answer, by the id the core echoes.
+    ingress: HashMap<u64, oneshot::Sender<IngressResult>>,
+    next_ingress: u64,
 }
 
 impl Engine {
@@ -276,6 +298,8 @@ impl Engine {
             link_stop: CancellationToken::new(),
             abort,
             grace: cfg_grace,
+            ingress: HashMap::new(),
+            next_ingress: 1,
         }
     }
 
@@ -461,8 +485,34 @@ impl Engine {
             Cmd::Ack { session, conn, seq } => {
                 self.core.handle(now, Input::Ack { session, conn, seq })
             }
+            Cmd::Ingress(post) => {
+                let IngressPost {
+                    session,
+                    message_id,
+                    fcm_data,
+                    reply,
+                } = *post;
+                if reply.is_closed() {
+                    // The client is gone before anything was written.
+                    return;
+                }
+                let id = self.next_ingress;
+                self.next_ingress += 1;
+                self.ingress.insert(id, reply);
+                self.core.handle(
+                    now,
+                    Input::Ingress {
+                        id,
+                        session,
+                        message_id,
+                        fcm_data,
+                    },
+                );
+            }
             Cmd::Snapshot(tx) => {
-                let _ = tx.send(self.core.snapshot());
+                let mut snap = self.core.snapshot();
+                snap.store_degraded = self.store.is_degraded();
+                let _ = tx.send(snap);
             }
         }
     }
@@ -542,6 +592,12 @@ impl Engine {
                             target: f.await,
                         }
                     }));
+                }
+                Output::IngressReply { id, result } => {
+                    if let Some(tx) = self.ingress.remove(&id) {
+                        // The client may have gone; what is stored stays.
+                        let _ = tx.send(result);
+                    }
                 }
                 Output::Fatal(why) => {
                     tracing::error!(%why, "engine cannot continue; shutting down");

@@ -3,7 +3,7 @@
 //! answers each submitted batch), with no sockets, no SQLite, no tokio.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::core::{Core, CoreConfig, Input, Output};
+use super::core::{Core, CoreConfig, IngressResult, Input, Output};
 use super::{ConnId, Incoming, Millis};
 use crate::config::RetryConfig;
 use crate::link::{
@@ -53,6 +53,8 @@ struct Rig {
     acks_to_fcm: Vec<(LinkId, UpstreamToken)>,
     loads: Vec<Output>,
     fatal: Vec<String>,
+    /// Ingress answers: (post id, result).
+    ingress: Vec<(u64, IngressResult)>,
 }
 
 impl Rig {
@@ -72,6 +74,7 @@ impl Rig {
             acks_to_fcm: Vec::new(),
             loads: Vec::new(),
             fatal: Vec::new(),
+            ingress: Vec::new(),
         };
         r.core.start(T0);
         r.collect();
@@ -107,6 +110,7 @@ impl Rig {
                 | Output::LoadOutbox { .. }
                 | Output::LookupReceipt { .. }) => self.loads.push(o),
                 Output::Fatal(why) => self.fatal.push(why),
+                Output::IngressReply { id, result } => self.ingress.push((id, result)),
             }
         }
     }
@@ -1318,4 +1322,136 @@ fn repeated_unroutable_warnings_are_rate_limited() {
     r.commit();
     assert_eq!(r.core.snapshot().unroutable, 501);
     assert_eq!(r.acks_to_fcm.len(), 501);
+}
+
+// ----- ingress (SPEC §10) ---------------------------------------------------
+
+fn post(r: &mut Rig, id: u64, session: &str, mid: &str) {
+    r.input(Input::Ingress {
+        id,
+        session: Arc::from(session),
+        message_id: mid.into(),
+        fcm_data: format!(
+            r#"{{"from":"dev","category":"{session}","message_id":"{mid}","data":{{}},"source":"ingress"}}"#
+        ),
+    });
+}
+
+/// The store's dedupe of `Op::Upstream` (its contract), for scripted
+/// commits: an id seen before makes its outbox rows `repeated`.
+fn dedupe(seen: &mut std::collections::HashSet<String>, b: &Batch) -> Committed {
+    let mut c = Committed::default();
+    for op in &b.ops {
+        if let Op::Upstream { message_id, then } = op {
+            if !seen.insert(message_id.clone()) {
+                c.repeated.extend(then.iter().filter_map(|t| match t {
+                    Op::InsertOutbox { seq, .. } => Some(*seq),
+                    _ => None,
+                }));
+            }
+        }
+    }
+    c
+}
+
+#[test]
+fn an_ingress_post_is_answered_only_after_its_commit() {
+    let mut r = Rig::new(cfg());
+    r.attach(S, 10);
+    post(&mut r, 1, S, "u-1");
+    assert!(r.ingress.is_empty(), "no answer before the commit");
+    assert!(r.lines(10, "UPSTREAM").is_empty());
+    let keys: Vec<&str> = r
+        .batches
+        .iter()
+        .flat_map(|b| b.ops.iter())
+        .filter_map(|o| match o {
+            Op::Upstream { message_id, then } => {
+                assert!(matches!(then.as_slice(), [Op::InsertOutbox { .. }]));
+                Some(message_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, vec!["ingress:3:app:u-1"], "namespaced per category");
+    let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+    r.commit_with(|b| dedupe(&mut seen.borrow_mut(), b));
+    assert_eq!(r.ingress, vec![(1, IngressResult::Stored)]);
+    let up = r.lines(10, "UPSTREAM");
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0]["fcm_data"]["source"], "ingress");
+    assert_eq!(up[0]["session_id"], S);
+    // No link was ever ready: the ingress does not need one.
+    assert!(r.sent.is_empty());
+}
+
+#[test]
+fn ingress_duplicates_within_a_batch_and_across_batches() {
+    let mut r = Rig::new(cfg());
+    r.attach(S, 10);
+    let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+    // Two posts of one id in the same turn: one batch.
+    r.core.handle(
+        r.now,
+        Input::Ingress {
+            id: 1,
+            session: Arc::from(S),
+            message_id: "u-1".into(),
+            fcm_data: "{}".into(),
+        },
+    );
+    r.core.handle(
+        r.now,
+        Input::Ingress {
+            id: 2,
+            session: Arc::from(S),
+            message_id: "u-1".into(),
+            fcm_data: "{}".into(),
+        },
+    );
+    r.core.end_turn(r.now);
+    r.collect();
+    assert_eq!(r.batches.len(), 1);
+    r.commit_with(|b| dedupe(&mut seen.borrow_mut(), b));
+    assert_eq!(
+        r.ingress,
+        vec![(1, IngressResult::Stored), (2, IngressResult::Duplicate)]
+    );
+    // A later batch, and the same id for another category (not a duplicate).
+    post(&mut r, 3, S, "u-1");
+    post(&mut r, 4, "other", "u-1");
+    r.commit_with(|b| dedupe(&mut seen.borrow_mut(), b));
+    assert_eq!(
+        r.ingress[2..],
+        [(3, IngressResult::Duplicate), (4, IngressResult::Stored)]
+    );
+    assert_eq!(r.lines(10, "UPSTREAM").len(), 1, "delivered once");
+}
+
+#[test]
+fn ingress_is_refused_while_the_store_is_degraded_or_stopping() {
+    let mut r = Rig::new(cfg());
+    r.core.set_store_degraded(true);
+    post(&mut r, 1, S, "u-1");
+    assert_eq!(r.ingress, vec![(1, IngressResult::StoreUnavailable)]);
+    assert!(
+        r.batches.iter().all(|b| b.ops.is_empty()),
+        "nothing written"
+    );
+    r.core.set_store_degraded(false);
+    post(&mut r, 2, "nobody", "u-2");
+    assert_eq!(r.ingress[1], (2, IngressResult::UnknownCategory));
+    r.core.begin_shutdown(r.now);
+    r.collect();
+    post(&mut r, 3, S, "u-3");
+    assert_eq!(r.ingress[2], (3, IngressResult::ShuttingDown));
+    assert!(r.submitted.iter().all(|b| b.ops.is_empty()));
+}
+
+#[test]
+fn ingress_keys_never_collide() {
+    use super::inbound::ingress_key;
+    assert_ne!(ingress_key("a", "b:c"), ingress_key("a:b", "c"));
+    assert_ne!(ingress_key("a", "m"), ingress_key("b", "m"));
+    assert!(ingress_key("a", "m").starts_with("ingress:"));
 }

@@ -100,8 +100,9 @@ pub async fn serve(
     }
 }
 
-/// Constant-time comparison of secrets.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+/// Constant-time comparison of secrets (BAL tokens, ingress keys): the
+/// time depends only on the lengths.
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);

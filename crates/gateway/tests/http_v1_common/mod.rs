@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
 use emulator::v1::{V1Config, V1Emulator, V1Faults, V1Stats};
-use gateway::config::{Api, Config, Secret, SessionConfig};
+use gateway::config::{Api, Config, SessionConfig};
 use gateway::Gateway;
 use std::time::Duration;
 use testkit::BalProbe;
@@ -62,14 +62,8 @@ pub fn v1_config(dir: &std::path::Path, emu: &V1Emulator) -> Config {
     cfg.admin.listen = "127.0.0.1:0".into();
     cfg.store.path = dir.join("gimmm.db");
     cfg.bal.sessions = vec![
-        SessionConfig {
-            session_id: SESSION.into(),
-            token: Secret::new(TOKEN),
-        },
-        SessionConfig {
-            session_id: "com.example.other".into(),
-            token: Secret::new("other-token"),
-        },
+        SessionConfig::new(SESSION, TOKEN),
+        SessionConfig::new("com.example.other", "other-token"),
     ];
     cfg
 }

@@ -167,10 +167,7 @@ pub(super) fn gateway_config(g: &GwSetup<'_>) -> Result<Config> {
     cfg.bal.sessions = g
         .sessions
         .iter()
-        .map(|(id, t)| SessionConfig {
-            session_id: id.clone(),
-            token: Secret::new(t.as_str()),
-        })
+        .map(|(id, t)| SessionConfig::new(id.clone(), t.as_str()))
         .collect();
     cfg.store.path = g.store.to_path_buf();
     cfg.admin.listen = "127.0.0.1:0".into();

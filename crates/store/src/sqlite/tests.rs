@@ -167,3 +167,55 @@ async fn marks_cover_what_a_previous_run_left() {
     assert_eq!(rec.next_id, 8);
     assert_eq!(store.load_queued(0, 10).await.unwrap().len(), 1);
 }
+
+/// A batch that could not be committed at first (here: another connection
+/// holds the write lock; on a real machine: the disk is full) is applied
+/// again without its new messages once the store can write. The upstream
+/// messages it repeats must still be reported in `repeated`, or the engine
+/// would deliver them a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_still_reports_repeated_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let (tx, mut rx) = unbounded_channel();
+    let (store, _) = SqliteStore::open(&path, tx).unwrap();
+    let up = |seq: u64| Op::Upstream {
+        message_id: "u-1".into(),
+        then: vec![Op::InsertOutbox {
+            seq,
+            session: Arc::from("s"),
+            body: Arc::from(format!(r#"{{"n":{seq}}}"#)),
+        }],
+    };
+    let c = commit(&store, &mut rx, 1, vec![up(1)]).await;
+    assert!(c.repeated.is_empty());
+
+    // Another connection takes the write lock: the writer's commit fails
+    // (after its busy timeout) and it retries until the lock is free.
+    let blocker = Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    store
+        .submit(Batch {
+            no: 2,
+            ops: vec![up(2), new_msg(7, "s", "m-7")],
+        })
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !store.is_degraded() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store never noticed the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.no, 2);
+    assert_eq!(c.failed_inserts, vec![7], "the new message was refused");
+    assert_eq!(c.repeated, vec![2], "the repeat must not be delivered");
+    let rows = store.load_outbox("s", 0, 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+}

@@ -272,16 +272,16 @@ fn refuse_inserts(
         })
         .collect();
     let mut delay = Duration::from_millis(50);
-    loop {
+    let repeated = loop {
         match apply_all(conn, &o.batches) {
-            Ok(()) => break,
+            Ok(r) => break r,
             Err(e) => {
                 tracing::warn!(error = %e, "store still failing; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
-    }
+    };
     degraded.store(false, Ordering::Relaxed);
     let msg = e.to_string();
     let n = o.batches.len();
@@ -290,9 +290,11 @@ fn refuse_inserts(
             .batches
             .iter()
             .zip(failed)
-            .map(|(b, failed_inserts)| Committed {
+            .zip(repeated)
+            .map(|((b, failed_inserts), repeated)| Committed {
                 no: b.no,
                 failed_inserts,
+                repeated,
                 error: Some(msg.clone()),
                 group_size: n,
                 ..Committed::default()
@@ -306,16 +308,21 @@ fn refuse_inserts(
 }
 
 /// Applies the batches without their new messages in one transaction and
-/// commits.
-fn apply_all(conn: &mut Connection, group: &[Batch]) -> rusqlite::Result<()> {
+/// commits; per batch, the outbox seqs of its repeated upstream messages
+/// (as [`Committed::repeated`]: the engine must not deliver those, also
+/// when their batch went through this slow path).
+fn apply_all(conn: &mut Connection, group: &[Batch]) -> rusqlite::Result<Vec<Vec<u64>>> {
     let tx = conn.transaction()?;
     let mut max_seq = 0u64;
+    let mut repeated = Vec::with_capacity(group.len());
     for b in group {
-        apply_batch(&tx, b, true)?;
+        let (_, r) = apply_batch(&tx, b, true)?;
+        repeated.push(r);
         max_seq = max_seq.max(batch_marks(b).1);
     }
     bump_next_seq(&tx, max_seq)?;
-    tx.commit()
+    tx.commit()?;
+    Ok(repeated)
 }
 
 /// Makes commits durable, raises the read marks and reports, in order.
