@@ -9,5 +9,5 @@
 pub mod client;
 pub mod proto;
 
-pub use client::{BalClient, ClientError};
+pub use client::{BalClient, ClientError, ClientTls};
 pub use proto::{BalError, FromBal, ToBal};

@@ -268,6 +268,13 @@ pub struct BalConfig {
     pub max_connections: usize,
     /// Configured sessions.
     pub sessions: Vec<SessionConfig>,
+    /// TLS on the listener (SPEC §11): the certificate chain (PEM, server
+    /// certificate first). Set together with `tls_key_file`; unset or ""
+    /// = plain TCP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS on the listener: the private key of `tls_cert_file` (PEM:
+    /// PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for BalConfig {
@@ -279,7 +286,28 @@ impl Default for BalConfig {
             max_line_bytes: 65536,
             max_connections: 1024,
             sessions: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
+    }
+}
+
+impl BalConfig {
+    /// `(tls_cert_file, tls_key_file)` when TLS is configured (an empty
+    /// path counts as unset). [`Config::validate`] makes sure it is both or
+    /// neither.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        fn set(p: &Option<PathBuf>) -> Option<&Path> {
+            p.as_deref().filter(|p| !p.as_os_str().is_empty())
+        }
+        set(&self.tls_cert_file).zip(set(&self.tls_key_file))
+    }
+
+    /// The listener's TLS server config, read from the files now; `None`
+    /// without TLS. A file that cannot be read or used is refused naming
+    /// its key, its path and the problem, never its content.
+    pub fn tls_server_config(&self) -> Result<Option<crate::session::tls::TlsConfig>, ConfigError> {
+        crate::session::tls::server_config(self)
     }
 }
 
@@ -539,6 +567,9 @@ impl Config {
         if cfg.link()?.is_http_v1() {
             cfg.fcm.load_service_account()?;
         }
+        // The BAL listener's certificate and key are read and checked now,
+        // so `check-config` and a start refuse a bad pair alike.
+        cfg.bal.tls_server_config()?;
         Ok(cfg)
     }
 
@@ -633,6 +664,22 @@ impl Config {
         }
         if self.bal.sessions.is_empty() {
             return Err(invalid("bal.sessions", "at least one session is needed"));
+        }
+        let set = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| !p.as_os_str().is_empty());
+        match (set(&self.bal.tls_cert_file), set(&self.bal.tls_key_file)) {
+            (true, false) => {
+                return Err(invalid(
+                    "bal.tls_key_file",
+                    "must be set with bal.tls_cert_file (TLS needs both, or neither for plain TCP)",
+                ))
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "bal.tls_cert_file",
+                    "must be set with bal.tls_key_file (TLS needs both, or neither for plain TCP)",
+                ))
+            }
+            _ => {}
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.bal.sessions.iter().enumerate() {
@@ -908,7 +955,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
                     | "service_account_file"
                     | "project_id"
                     | "endpoint"
-            ) | ("bal", "listen")
+            ) | ("bal", "listen" | "tls_cert_file" | "tls_key_file")
                 | ("store", "path")
                 | ("admin", "listen" | "token")
                 | ("ingress", "listen" | "tls_cert_file" | "tls_key_file")
@@ -999,6 +1046,65 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("sekrit") && !dbg.contains("\"t\""), "{dbg}");
         assert!(load_str(MIN, &[("GIMMM_NOPE__X", "1")]).is_err());
+    }
+
+    #[test]
+    fn bal_tls_both_or_neither_env_overrides_and_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, params.self_signed(&k).unwrap().pem()).unwrap();
+        std::fs::write(&key, k.serialize_pem()).unwrap();
+        let (c, kf) = (cert.display().to_string(), key.display().to_string());
+
+        // Neither: plain TCP.
+        let cfg = load_str(MIN, &[]).unwrap();
+        assert!(cfg.bal.tls_files().is_none());
+        assert!(cfg.bal.tls_server_config().unwrap().is_none());
+        // One without the other names the missing key.
+        let e = load_str(&format!("[bal]\ntls_cert_file = {c:?}\n{MIN}"), &[]).unwrap_err();
+        assert!(e.to_string().contains("bal.tls_key_file"), "{e}");
+        let e = load_str(MIN, &[("GIMMM_BAL__TLS_KEY_FILE", kf.as_str())]).unwrap_err();
+        assert!(e.to_string().contains("bal.tls_cert_file"), "{e}");
+        // Both, from the file or the environment.
+        let both = format!("[bal]\ntls_cert_file = {c:?}\ntls_key_file = {kf:?}\n{MIN}");
+        let cfg = load_str(&both, &[]).unwrap();
+        assert_eq!(cfg.bal.tls_files(), Some((cert.as_path(), key.as_path())));
+        assert!(cfg.bal.tls_server_config().unwrap().is_some());
+        let cfg = load_str(
+            MIN,
+            &[
+                ("GIMMM_BAL__TLS_CERT_FILE", c.as_str()),
+                ("GIMMM_BAL__TLS_KEY_FILE", kf.as_str()),
+            ],
+        )
+        .unwrap();
+        assert!(cfg.bal.tls_server_config().unwrap().is_some());
+        // Empty values in the environment turn it off.
+        let cfg = load_str(
+            &both,
+            &[
+                ("GIMMM_BAL__TLS_CERT_FILE", ""),
+                ("GIMMM_BAL__TLS_KEY_FILE", ""),
+            ],
+        )
+        .unwrap();
+        assert!(cfg.bal.tls_files().is_none());
+        // A path that reads as a number stays a path.
+        let e = load_str(&both, &[("GIMMM_BAL__TLS_CERT_FILE", "2024")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bal.tls_cert_file") && e.contains("cannot read 2024"),
+            "{e}"
+        );
+        // A bad pair is refused at load, naming the key and the file.
+        let e = load_str(&both, &[("GIMMM_BAL__TLS_KEY_FILE", c.as_str())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bal.tls_key_file") && e.contains(&c), "{e}");
     }
 
     /// A throw-away RSA service-account key file (PKCS#8 PEM, as Google's).

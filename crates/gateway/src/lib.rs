@@ -133,6 +133,10 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<Gateway, GatewayError> {
         let choice = cfg.link()?;
+        // TLS for BALs (SPEC §11): the files are read before the store
+        // opens or anything binds.
+        let bal_tls = cfg.bal.tls_server_config()?;
+        let bal_tls_on = bal_tls.is_some();
         // Install the metrics recorder before anything records.
         let _ = metrics::prometheus();
         let abort = CancellationToken::new();
@@ -248,6 +252,7 @@ impl Gateway {
         tracker.spawn(session::serve(
             bal_listener,
             cfg.bal.clone(),
+            bal_tls,
             rules,
             cmd_tx,
             shutdown.clone(),
@@ -267,7 +272,7 @@ impl Gateway {
         } else {
             format!("{}:{} (XMPP)", cfg.fcm.host, cfg.fcm.port)
         };
-        tracing::info!(%bal_addr, admin = ?admin_addr, %fcm, connections = cfg.fcm.connections, "gimmm gateway started");
+        tracing::info!(%bal_addr, bal_tls = bal_tls_on, admin = ?admin_addr, %fcm, connections = cfg.fcm.connections, "gimmm gateway started");
         Ok(Gateway {
             bal_addr,
             admin_addr,

@@ -1,7 +1,7 @@
 //! `gimmm send` and `gimmm listen`: small BAL clients on the `bal` library.
 
 use anyhow::{bail, Context, Result};
-use bal::{BalClient, ToBal};
+use bal::{BalClient, ClientTls, ToBal};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +23,28 @@ pub(crate) struct Conn {
         hide_default_value = true
     )]
     pub(crate) token: String,
+    /// Connect with TLS (gimmm's bal.tls_cert_file is set); the host of
+    /// --server must be in gimmm's certificate.
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// With --tls: a CA certificate (PEM) to trust besides the system roots
+    /// (a private CA).
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+impl Conn {
+    /// Connects (over TLS with --tls) and logs on.
+    pub(crate) async fn logon(&self) -> Result<BalClient> {
+        let tls = if self.tls {
+            Some(ClientTls::new(self.ca_file.as_deref()).context("setting up TLS")?)
+        } else {
+            None
+        };
+        BalClient::connect_logon_to(&self.server, tls.as_ref(), &self.session, &self.token)
+            .await
+            .with_context(|| format!("logging on to gimmm at {}", self.server))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -138,9 +160,7 @@ fn build(a: &SendArgs) -> Result<serde_json::Value> {
 /// Returns the process exit code: 0 for an ACK, 2 for a REJECT.
 pub(crate) async fn send(a: SendArgs) -> Result<u8> {
     let fcm_data = build(&a)?;
-    let mut c = BalClient::connect_logon(&a.conn.server, &a.conn.session, &a.conn.token)
-        .await
-        .with_context(|| format!("logging on to gimmm at {}", a.conn.server))?;
+    let mut c = a.conn.logon().await?;
     let message_id: Option<String> = fcm_data
         .get("message_id")
         .and_then(|v| v.as_str())
@@ -210,9 +230,7 @@ pub(crate) struct ListenArgs {
 }
 
 pub(crate) async fn listen(a: ListenArgs) -> Result<()> {
-    let mut c = BalClient::connect_logon(&a.conn.server, &a.conn.session, &a.conn.token)
-        .await
-        .with_context(|| format!("logging on to gimmm at {}", a.conn.server))?;
+    let mut c = a.conn.logon().await?;
     let mut n = 0u64;
     loop {
         let m = c.recv().await.context("reading from gimmm")?;

@@ -373,9 +373,15 @@ fn main() -> std::process::ExitCode {
 fn check_config(file: PathBuf) -> Result<()> {
     let cfg = Config::load(Some(&file))?;
     println!(
-        "{}: ok ({} session(s), {}, store {})",
+        "{}: ok ({} session(s), BAL listener {}{}, {}, store {})",
         file.display(),
         cfg.bal.sessions.len(),
+        cfg.bal.listen,
+        if cfg.bal.tls_files().is_some() {
+            " over TLS"
+        } else {
+            " (plain TCP)"
+        },
         describe_link(&cfg)?,
         cfg.store.path.display()
     );

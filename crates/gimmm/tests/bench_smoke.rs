@@ -70,3 +70,41 @@ fn bench_2000_messages_reports_json_and_loses_nothing() {
     assert_eq!(emu["upstream_acked"], 400, "{v:#}");
     assert_eq!(emu["receipts_acked"], 1600, "{v:#}");
 }
+
+/// `gimmm bench --tls` works out of the box: the gateway child gets a
+/// generated certificate, the BAL connections trust its CA.
+#[test]
+fn bench_over_tls_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_gimmm"))
+        .args(["bench", "--tls", "--messages", "500", "--sessions", "2"])
+        .args(["--timeout-secs", "15", "--store-dir"])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("over TLS"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["bal_tls"], true, "{v:#}");
+    assert_eq!(v["messages"], 500, "{v:#}");
+    assert_eq!(v["lost"], 0, "{v:#}");
+    assert_eq!(v["duplicated"], 0, "{v:#}");
+    assert_eq!(v["emulator"]["acks_sent"], 500, "{v:#}");
+    // --ca-file is for someone else's gateway.
+    let out = Command::new(env!("CARGO_BIN_EXE_gimmm"))
+        .args(["bench", "--tls", "--ca-file", "/nonexistent/ca.pem"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--gateway"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

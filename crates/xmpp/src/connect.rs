@@ -50,8 +50,8 @@ fn tls_err(context: &str, e: impl std::fmt::Display) -> XmppError {
     XmppError::Tls(format!("{context}: {e}"))
 }
 
-/// Parse all certificates in a PEM blob.
-fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, XmppError> {
+/// Parse all certificates in a PEM blob (at least one).
+pub fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, XmppError> {
     let certs = rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tls_err("parsing PEM certificates", e))?;
@@ -93,6 +93,18 @@ pub fn client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, XmppErro
     Ok(Arc::new(config))
 }
 
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM blob. The error
+/// says what is wrong without quoting the blob: no key material in messages.
+pub fn pem_private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, XmppError> {
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|_| {
+            XmppError::Tls("not valid PEM (a damaged header, footer or base64 body)".to_owned())
+        })?
+        .ok_or_else(|| {
+            XmppError::Tls("no private key (PKCS#8, PKCS#1 or SEC1) found in PEM".to_owned())
+        })
+}
+
 /// A server config from a PEM certificate chain and a PEM private key
 /// (PKCS#8, PKCS#1 or SEC1), aws-lc-rs provider, no client auth.
 pub fn server_config(
@@ -100,9 +112,7 @@ pub fn server_config(
     key_pem: &[u8],
 ) -> Result<Arc<ServerConfig>, XmppError> {
     let certs = pem_certs(cert_chain_pem)?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| tls_err("parsing PEM private key", e))?
-        .ok_or_else(|| XmppError::Tls("no private key found in PEM".to_owned()))?;
+    let key = pem_private_key(key_pem)?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("building server config", e))?

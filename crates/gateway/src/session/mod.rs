@@ -4,10 +4,14 @@
 //! [`prepare`]) and turns lines into engine [`Cmd`]s. A writer task per
 //! connection writes what the engine hands it through the connection's
 //! output queue ([`out`], which also holds the backpressure policy),
-//! flushing when the queue is empty.
+//! flushing when the queue is empty. With `bal.tls_cert_file` set, each
+//! connection first does a TLS handshake in its own task ([`tls`], SPEC
+//! §11); the connection code is generic over the stream, so the plain path
+//! runs on the TCP socket's halves as before.
 
 pub mod out;
 pub mod prepare;
+pub mod tls;
 
 use self::out::{out_channel, Out, OutRx, OutTx, BACKPRESSURE_LINES};
 use crate::config::{BalConfig, Secret};
@@ -20,8 +24,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
@@ -37,14 +41,18 @@ struct Shared {
     rules: prepare::Rules,
 }
 
-/// Accepts BAL connections until `shutdown`.
+/// Accepts BAL connections until `shutdown`; with `tls`, over TLS (the
+/// handshake runs in the connection's task, so a slow or silent client
+/// never holds up the accept loop).
 pub async fn serve(
     listener: TcpListener,
     cfg: BalConfig,
+    tls: Option<tls::TlsConfig>,
     rules: prepare::Rules,
     engine: mpsc::Sender<Cmd>,
     shutdown: CancellationToken,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let tokens = cfg
         .sessions
         .iter()
@@ -93,8 +101,40 @@ pub async fn serve(
         let _ = sock.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
+        // One deadline from accept for the TLS handshake and the LOGON.
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(shared.cfg.logon_timeout_secs);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            connection(sock, shared, shutdown).await;
+            match acceptor {
+                // The hot path: the socket's own halves, no lock, no copy.
+                None => {
+                    let (r, w) = sock.into_split();
+                    connection(r, w, deadline, shared, shutdown).await;
+                }
+                Some(acceptor) => {
+                    let accepted = tokio::select! {
+                        r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => r,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            let (r, w) = tokio::io::split(stream);
+                            connection(r, w, deadline, shared, shutdown).await;
+                        }
+                        // A client with another CA, plain TCP on the TLS
+                        // port, a scanner: its problem, told at debug level
+                        // so a port scan does not fill the log.
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "BAL TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(
+                            %peer,
+                            "BAL TLS handshake not done within logon_timeout_secs"
+                        ),
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -112,9 +152,19 @@ pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// One BAL connection on its read and write halves (of a TCP socket, or of
+/// a TLS stream), until it closes. The LOGON must arrive by `deadline`.
+async fn connection<R, W>(
+    r: R,
+    w: W,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (r, w) = sock.into_split();
     let (out_tx, out_rx) = out_channel();
     let closed = CancellationToken::new();
     let writer = tokio::spawn(write_loop(w, out_rx, closed.clone()));
@@ -125,7 +175,11 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, shutdown: Cancellation
     );
     let mut lines = FramedRead::with_capacity(r, codec, 64 * 1024);
 
-    let session = match logon(&mut lines, &shared, &out_tx, conn, &closed, &shutdown).await {
+    let session = match logon(
+        &mut lines, deadline, &shared, &out_tx, conn, &closed, &shutdown,
+    )
+    .await
+    {
         Some(s) => s,
         None => {
             let _ = out_tx.send(Out::Close);
@@ -233,17 +287,17 @@ fn send(out: &OutTx, line: String) {
     let _ = out.send(Out::Owned(line));
 }
 
-async fn logon(
-    lines: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AnyDelimiterCodec>,
+async fn logon<R: AsyncRead + Unpin>(
+    lines: &mut FramedRead<R, AnyDelimiterCodec>,
+    deadline: tokio::time::Instant,
     shared: &Shared,
     out: &OutTx,
     conn: ConnId,
     closed: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Option<Arc<str>> {
-    let timeout = Duration::from_secs(shared.cfg.logon_timeout_secs);
     let first = tokio::select! {
-        r = tokio::time::timeout(timeout, lines.next()) => r,
+        r = tokio::time::timeout_at(deadline, lines.next()) => r,
         _ = closed.cancelled() => return None,
         _ = shutdown.cancelled() => return None,
     };
@@ -310,7 +364,7 @@ async fn logon(
     }
 }
 
-async fn write_loop(w: tokio::net::tcp::OwnedWriteHalf, mut rx: OutRx, closed: CancellationToken) {
+async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: OutRx, closed: CancellationToken) {
     let mut w = BufWriter::with_capacity(64 * 1024, w);
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);

@@ -5,8 +5,9 @@
 //! it reports its ports through `--ports-file`. Also what `/proc` says about
 //! a process, and the store disk's fsync latency.
 
-use super::{rand_u32, Restart};
+use super::{rand_u32, BenchArgs, Restart};
 use anyhow::{bail, Context, Result};
+use bal::ClientTls;
 use gateway::config::{Config, Secret, SessionConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -144,6 +145,58 @@ pub(super) struct GwSetup<'a> {
     pub(super) max_unacked: Option<usize>,
     /// Retry after 100 ms doubling up to 1 s (FCM is down on purpose).
     pub(super) retry_fast: bool,
+    /// TLS on the BAL listener: (certificate chain, key) files.
+    pub(super) bal_tls: Option<(&'a Path, &'a Path)>,
+}
+
+/// TLS on the bench's BAL connections (`--tls`).
+pub(super) struct BenchTls {
+    /// What the BAL connections trust.
+    pub(super) client: ClientTls,
+    /// For the gateway the bench starts: its generated certificate chain
+    /// and key, in the run's temporary directory.
+    pub(super) files: Option<(PathBuf, PathBuf)>,
+}
+
+impl BenchTls {
+    /// With --tls: for --gateway, trust the system roots and --ca-file; for
+    /// the bench's own gateway, generate a CA and a certificate for
+    /// localhost / 127.0.0.1 into `dir` and trust that CA only.
+    pub(super) fn new(a: &BenchArgs, dir: &Path) -> Result<Option<BenchTls>> {
+        if !a.tls {
+            return Ok(None);
+        }
+        if a.gateway.is_some() {
+            let client = ClientTls::new(a.ca_file.as_deref()).context("setting up TLS")?;
+            return Ok(Some(BenchTls {
+                client,
+                files: None,
+            }));
+        }
+        let id =
+            emulator::TlsIdentity::generate(&["localhost".to_string(), "127.0.0.1".to_string()])
+                .context("generating the BAL listener's certificate")?;
+        let (cert, key) = (dir.join("bal-cert.pem"), dir.join("bal-key.pem"));
+        std::fs::write(&cert, &id.cert_chain_pem)
+            .with_context(|| format!("writing {}", cert.display()))?;
+        std::fs::write(&key, &id.key_pem).with_context(|| format!("writing {}", key.display()))?;
+        let client = ClientTls::with_ca_pem(id.ca_pem.as_bytes()).context("setting up TLS")?;
+        Ok(Some(BenchTls {
+            client,
+            files: Some((cert, key)),
+        }))
+    }
+
+    /// The files for [`GwSetup::bal_tls`].
+    pub(super) fn files(t: Option<&BenchTls>) -> Option<(&Path, &Path)> {
+        t.and_then(|t| t.files.as_ref())
+            .map(|(c, k)| (c.as_path(), k.as_path()))
+    }
+
+    /// The client side for [`super::load::logon_all`].
+    pub(super) fn client(t: Option<&BenchTls>) -> Option<&ClientTls> {
+        t.map(|t| &t.client)
+    }
 }
 
 /// The gateway's configuration: the BAL and admin listeners on
@@ -161,6 +214,10 @@ pub(super) fn gateway_config(g: &GwSetup<'_>) -> Result<Config> {
         cfg.retry.max_ms = 1000;
     }
     cfg.bal.listen = "127.0.0.1:0".into();
+    if let Some((cert, key)) = g.bal_tls {
+        cfg.bal.tls_cert_file = Some(cert.to_path_buf());
+        cfg.bal.tls_key_file = Some(key.to_path_buf());
+    }
     if let Some(m) = g.max_unacked {
         cfg.bal.max_unacked = m;
     }

@@ -387,11 +387,12 @@ pub(super) async fn receiver(
 
 pub(super) async fn logon_all(
     addr: &str,
+    tls: Option<&bal::ClientTls>,
     sessions: &[(String, String)],
 ) -> Result<Vec<(Arc<Sess>, bal::client::BalReader)>> {
     let mut out = Vec::new();
     for (id, token) in sessions {
-        let c = BalClient::connect_logon(addr, id, token)
+        let c = BalClient::connect_logon_to(addr, tls, id, token)
             .await
             .with_context(|| format!("logging on to {addr} as {id}"))?;
         let (rd, wr) = c.into_split();

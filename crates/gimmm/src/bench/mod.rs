@@ -135,6 +135,16 @@ pub(crate) struct BenchArgs {
     /// is stored.
     #[arg(long, value_enum, default_value_t = Restart::Term)]
     restart: Restart,
+    /// BAL connections over TLS (SPEC §11). The gateway the bench starts
+    /// gets a generated CA and a certificate for localhost / 127.0.0.1;
+    /// with --gateway, its certificate must be trusted (the system roots,
+    /// --ca-file) and name the host of the address.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls --gateway: a CA certificate (PEM) to trust besides the
+    /// system roots.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    ca_file: Option<PathBuf>,
 }
 
 /// A run id: store file names and message id prefixes differ between runs.
@@ -159,6 +169,11 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
     }
     if a.links == 0 || a.sessions == 0 {
         bail!("--links and --sessions must be at least 1");
+    }
+    if a.ca_file.is_some() && a.gateway.is_none() {
+        bail!(
+            "--ca-file is for --gateway: the bench's own gateway uses a certificate it generates"
+        );
     }
     if a.queue_while_down {
         if a.gateway.is_some() || a.in_process {

@@ -5,7 +5,7 @@
 //! configured with and the backlog drains (throughput).
 
 use super::child::{
-    fsync_probe_ms, gateway_config, proc_status, spawn_gateway, write_config, GwSetup,
+    fsync_probe_ms, gateway_config, proc_status, spawn_gateway, write_config, BenchTls, GwSetup,
     PortReservation,
 };
 use super::load::{count, logon_all, receiver, sender, wait_done, EmuCtl, Shared, Window};
@@ -33,6 +33,7 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&store_dir)?;
     let store = store_dir.join(format!("bench-{}.db", rand_u32()));
     let fsync_ms = fsync_probe_ms(&store_dir);
+    let tls = BenchTls::new(&a, dir.path())?;
     let identity = TlsIdentity::generate(&["localhost".to_string(), "127.0.0.1".to_string()])?;
     let ca = dir.path().join("emulator-ca.pem");
     std::fs::write(&ca, &identity.ca_pem)?;
@@ -50,6 +51,7 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
         store: &store,
         max_unacked: a.max_unacked,
         retry_fast: true,
+        bal_tls: BenchTls::files(tls.as_ref()),
     };
     let cfg_path = dir.path().join("gimmm.toml");
     write_config(&gateway_config(&setup)?, &cfg_path)?;
@@ -59,7 +61,7 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
     let (gw, addr) = spawn_gateway(&cfg_path, "error").await?;
     let addr = addr.to_string();
     let sh = Arc::new(Shared::new(plan, 0.0));
-    let conns = logon_all(&addr, &sessions).await?;
+    let conns = logon_all(&addr, BenchTls::client(tls.as_ref()), &sessions).await?;
     let stop1 = CancellationToken::new();
     let clock = Arc::new(Notify::new());
     sh.start_ns.store(sh.now_ns(), Ordering::Relaxed);
@@ -140,7 +142,7 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
         let (gw, addr) = spawn_gateway(&cfg_path, "error").await?;
         let listen = t.elapsed().as_secs_f64();
         let addr = addr.to_string();
-        let conns = logon_all(&addr, &sessions).await?;
+        let conns = logon_all(&addr, BenchTls::client(tls.as_ref()), &sessions).await?;
         let serving = t.elapsed().as_secs_f64();
         println!(
             "gimmm bench: gateway stopped ({:?}) in {stop_secs:.2} s; restarted with {total} queued: listening after {listen:.3} s, BAL logon answered after {serving:.3} s",
@@ -209,6 +211,7 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
         "messages": total,
         "links": a.links,
         "sessions": a.sessions,
+        "bal_tls": a.tls,
         "restart": format!("{:?}", a.restart).to_lowercase(),
         "store_fsync_ms": fsync_ms,
         "fill_secs": fill_secs,

@@ -125,13 +125,14 @@ pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
     };
 
     println!(
-        "gimmm bench: {} messages ({} downstream, {} upstream{}), {} link(s), {} session(s), rate {rate}{}",
+        "gimmm bench: {} messages ({} downstream, {} upstream{}), {} link(s), {} session(s){}, rate {rate}{}",
         p.n,
         p.downstream,
         p.upstream,
         if p.receipts { format!(", {} receipts", p.downstream) } else { String::new() },
         a.links,
         a.sessions,
+        if a.tls { " over TLS" } else { "" },
         if a.ack_delay_ms > 0 { format!(", ack delay {} ms", a.ack_delay_ms) } else { String::new() },
     );
     println!("  elapsed          {elapsed:.3} s");
@@ -201,6 +202,7 @@ pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
         "receipts": if p.receipts { p.downstream } else { 0 },
         "links": a.links,
         "sessions": a.sessions,
+        "bal_tls": a.tls,
         "rate": a.rate,
         "ack_delay_ms": a.ack_delay_ms,
         "grouped_fraction": p.group_fraction,

@@ -3,8 +3,8 @@
 //! and receivers until every message has its result, then report.
 
 use super::child::{
-    fsync_probe_ms, gateway_config, proc_cpu_secs, proc_status, spawn_gateway, write_config, Gw,
-    GwSetup,
+    fsync_probe_ms, gateway_config, proc_cpu_secs, proc_status, spawn_gateway, write_config,
+    BenchTls, Gw, GwSetup,
 };
 use super::load::{
     count, histogram, logon_all, receiver, sender, start_clock, wait_done, EmuCtl, Shared, Window,
@@ -32,6 +32,7 @@ pub(super) async fn load(a: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&store_dir)?;
     let store = store_dir.join(format!("bench-{}.db", rand_u32()));
     let fsync_ms = fsync_probe_ms(&store_dir);
+    let tls = BenchTls::new(&a, dir.path())?;
 
     // Emulator and gateway.
     let (gw, bal_addr, emu) = if let Some(addr) = &a.gateway {
@@ -69,6 +70,7 @@ pub(super) async fn load(a: BenchArgs) -> Result<()> {
             store: &store,
             max_unacked: a.max_unacked,
             retry_fast: false,
+            bal_tls: BenchTls::files(tls.as_ref()),
         };
         let cfg = gateway_config(&setup)?;
         let (gw, addr) = if a.in_process {
@@ -98,7 +100,7 @@ pub(super) async fn load(a: BenchArgs) -> Result<()> {
         Gw::InProcess(_) => None,
     };
     let cpu0 = (gw_pid.and_then(proc_cpu_secs), proc_cpu_secs(own_pid));
-    let conns = logon_all(&bal_addr, &sessions).await?;
+    let conns = logon_all(&bal_addr, BenchTls::client(tls.as_ref()), &sessions).await?;
     let sh = Arc::new(Shared::new(plan, a.rate));
     let stop = CancellationToken::new();
     let clock_stop = Arc::new(AtomicBool::new(false));
