@@ -235,7 +235,10 @@ async fn sigterm_on_http_v1_sends_fcm_nothing_twice() {
     probe.wait_finals(200, WAIT).await.unwrap();
     gw.signal_term().await.unwrap();
     wait_log(&gw, "shutting down").await;
-    let status = tokio::time::timeout(WAIT, gw.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, gw.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status}\n{}", gw.log_tail(20));
     tokio::time::timeout(WAIT, probe.closed()).await.unwrap();
     let at_exit = probe.snapshot();
