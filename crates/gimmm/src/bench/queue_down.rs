@@ -5,7 +5,7 @@
 //! configured with and the backlog drains (throughput).
 
 use super::child::{
-    fsync_probe_ms, gateway_config, proc_status, spawn_gateway, write_config, GwSetup,
+    fsync_probe_ms, gateway_config, proc_status, spawn_gateway, write_config, FcmSetup, GwSetup,
     PortReservation,
 };
 use super::load::{count, logon_all, receiver, sender, wait_done, EmuCtl, Shared, Window};
@@ -41,9 +41,11 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
     let fcm_port = fcm.port();
     let key = emulator::DEFAULT_SERVER_KEY;
     let setup = GwSetup {
-        fcm_port,
-        sender_id: emulator::DEFAULT_SENDER_ID,
-        server_key: key,
+        fcm: FcmSetup::Ccs {
+            port: fcm_port,
+            sender_id: emulator::DEFAULT_SENDER_ID,
+            server_key: key,
+        },
         ca_file: &ca,
         links: a.links,
         sessions: &sessions,
