@@ -19,10 +19,31 @@
 //! every receipt once, the emulator saw no window violation, and gimmm never
 //! died on its own.
 //!
+//! **HTTP v1 mode** (`chaos_soak_on_http_v1_loses_and_duplicates_nothing`,
+//! SPEC §8 against the emulator of §9): the same BAL traffic (no upstream
+//! messages and no receipts: v1 has neither; a `delivery_receipt_requested`
+//! is accepted with a warning) through `fcm.api = "http_v1"`, while the
+//! emulator sends GOAWAY on every connection or after N requests, drops
+//! connections (all at once, or after N requests), answers bursts of 503
+//! `UNAVAILABLE` with `Retry-After`, a fraction of 500 `INTERNAL` and
+//! 502/504 HTML answers, delays answers, issues access tokens that live a
+//! few seconds, revokes them (401), fails its token endpoint for a while and
+//! lowers SETTINGS_MAX_CONCURRENT_STREAMS on new connections; gimmm is
+//! SIGKILLed and SIGTERMed as above. Checked at the end besides the ledger:
+//! every message ACKed at the BAL was delivered by the emulator, no invalid
+//! message reached it, no request went over a connection's stream limit
+//! (`over_limit == 0`, every connection's high-water mark within what it
+//! advertised).
+//!
 //! `GIMMM_CHAOS_SECS` (default 20) sets the chaos phase, `GIMMM_CHAOS_SEED`
 //! replays a seed (the decisions, not the timing). The seed is printed.
+//! `GIMMM_CHAOS_EVENTS=1` prints the chaos events of a passing run too.
+//! `GIMMM_CHAOS_API` (`xmpp` or `http_v1`) runs only that mode's soak (the
+//! other test then passes at once, saying so); unset, both run, one after
+//! the other.
 #![allow(clippy::unwrap_used)]
 
+use emulator::v1::{V1Config, V1Emulator, V1ErrorCode, V1Faults};
 use emulator::{Emulator, EmulatorConfig, ErrorCode, Faults};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,8 +51,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::{
-    emulator_config, AckPolicy, BalProbe, ChildGateway, ChildOpts, Final, Ledger, LedgerWatch,
-    Ports,
+    emulator_config, v1_emulator_config, AckPolicy, BalProbe, ChildGateway, ChildOpts, Final,
+    Ledger, LedgerWatch, Ports,
 };
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant};
@@ -47,8 +68,9 @@ const SESSIONS: [(&str, &str); 2] = [
 struct Sent {
     /// Valid messages sent, with their JSON and group.
     valid: BTreeMap<String, (Option<String>, serde_json::Value)>,
-    /// Invalid messages sent (rejected by validation, never resent).
-    invalid: HashSet<String>,
+    /// Invalid messages sent (rejected by validation, never resent), with
+    /// their JSON.
+    invalid: BTreeMap<String, serde_json::Value>,
     /// Receipt requested (valid messages).
     receipt_requested: HashSet<String>,
 }
@@ -71,9 +93,17 @@ enum Phase {
     Stop,
 }
 
+/// Which FCM link the soak runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Api {
+    Xmpp,
+    HttpV1,
+}
+
 /// A BAL session: sends, receives, ACKs (mostly), disconnects at random,
 /// and finds gimmm again after every restart. Returns its connects.
 async fn bal_driver(
+    api: Api,
     idx: usize,
     mut ports: watch::Receiver<Option<Ports>>,
     seed: u64,
@@ -136,7 +166,7 @@ async fn bal_driver(
                         continue;
                     }
                     let old = acc.iter().next().cloned();
-                    let (group_id, fcm_data, valid, receipt) = message(idx, next, &mut rng, old.as_deref(), &sent);
+                    let (group_id, fcm_data, valid, receipt) = message_for(api, idx, next, &mut rng, old.as_deref(), &sent);
                     next += 1;
                     let id = fcm_data["message_id"].as_str().unwrap().to_string();
                     {
@@ -147,7 +177,7 @@ async fn bal_driver(
                                 s.receipt_requested.insert(id);
                             }
                         } else {
-                            s.invalid.insert(id);
+                            s.invalid.insert(id, fcm_data.clone());
                         }
                     }
                     if probe.downstream(group_id, fcm_data).is_err() { break; }
@@ -167,6 +197,43 @@ async fn bal_driver(
             sleep(Duration::from_millis(rng.random_range(0..300))).await;
         }
     }
+}
+
+/// [`message`] for `api`. On HTTP v1 every message carries its id in
+/// `data` (the emulator keys its per-message stats by target and data), and
+/// no receipt is expected (v1 has none: the request is accepted with a
+/// warning).
+fn message_for(
+    api: Api,
+    idx: usize,
+    n: u64,
+    rng: &mut StdRng,
+    accepted: Option<&str>,
+    sent: &Mutex<Sent>,
+) -> (Option<String>, serde_json::Value, bool, bool) {
+    let (group, mut fcm_data, valid, receipt) = message(idx, n, rng, accepted, sent);
+    if api == Api::Xmpp {
+        return (group, fcm_data, valid, receipt);
+    }
+    let id = fcm_data["message_id"].clone();
+    match fcm_data.get_mut("data").and_then(|d| d.as_object_mut()) {
+        Some(d) => {
+            d.insert("id".into(), id);
+        }
+        None => fcm_data["data"] = serde_json::json!({ "id": id }),
+    }
+    (group, fcm_data, valid, false)
+}
+
+/// The emulator's key of a message sent to the HTTP v1 link: its target
+/// and its data, as translated (SPEC §8.2: `to` becomes `token`; the data
+/// here holds strings only, which v1 keeps as they are).
+fn v1_key(fcm_data: &serde_json::Value) -> String {
+    emulator::v1::message_key(&serde_json::json!({
+        "token": fcm_data["to"],
+        "data": fcm_data["data"],
+    }))
+    .unwrap()
 }
 
 /// The next message of session `idx`: (group, fcm_data, valid, receipt).
@@ -258,8 +325,215 @@ fn random_faults(rng: &mut StdRng) -> Faults {
     f
 }
 
+/// Only one soak at a time: each is sized for the 2 cores alone.
+static SOAK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether `GIMMM_CHAOS_API` selects `api` (unset: every mode).
+fn selected(api: Api) -> bool {
+    match std::env::var("GIMMM_CHAOS_API").ok().as_deref() {
+        None | Some("") => true,
+        Some("xmpp") => api == Api::Xmpp,
+        Some("http_v1") => api == Api::HttpV1,
+        Some(other) => panic!("GIMMM_CHAOS_API={other:?}: expected xmpp or http_v1"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_loses_and_duplicates_nothing() {
+    soak(Api::Xmpp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_soak_on_http_v1_loses_and_duplicates_nothing() {
+    soak(Api::HttpV1).await;
+}
+
+fn random_v1_faults(rng: &mut StdRng) -> V1Faults {
+    let mut f = V1Faults::default();
+    if rng.random_bool(0.5) {
+        f.latency = Duration::from_millis(rng.random_range(0..15));
+    }
+    if rng.random_bool(0.4) {
+        f.error_fraction = rng.random_range(0.05..0.3);
+        f.error_code = Some(if rng.random_bool(0.5) {
+            V1ErrorCode::Unavailable
+        } else {
+            V1ErrorCode::Internal
+        });
+        if rng.random_bool(0.5) {
+            f.retry_after_secs = Some(rng.random_range(0..=1));
+        }
+    }
+    if rng.random_bool(0.2) {
+        f.gateway_error_fraction = rng.random_range(0.05..0.2);
+        f.gateway_error_status = Some(if rng.random_bool(0.5) { 502 } else { 504 });
+    }
+    if rng.random_bool(0.25) {
+        f.goaway_after = Some(rng.random_range(20..200));
+    }
+    if rng.random_bool(0.2) {
+        f.drop_after = Some(rng.random_range(20..400));
+    }
+    if rng.random_bool(0.4) {
+        f.token_lifetime_secs = Some(rng.random_range(2..6));
+    }
+    if rng.random_bool(0.1) {
+        f.token_endpoint_error = Some(500);
+    }
+    if rng.random_bool(0.4) {
+        f.max_concurrent_streams = Some([1, 3, 10, 50][rng.random_range(0..4)]);
+    }
+    f
+}
+
+/// The emulator of a soak (one per soak: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Fcm {
+    Ccs(Emulator),
+    V1 {
+        emu: V1Emulator,
+        /// Faults in force apart from a 503 burst.
+        base: V1Faults,
+        /// A 503 burst ends then (the base faults come back).
+        burst_until: Option<Instant>,
+    },
+}
+
+impl Fcm {
+    /// The chaos action `roll` (0..=74) on the FCM side; returns its name.
+    /// The XMPP mapping and draws are those of the original soak, so its
+    /// seeds replay the same decisions.
+    fn act(
+        &mut self,
+        roll: u32,
+        rng: &mut StdRng,
+        t: u128,
+        events: &mut Vec<String>,
+    ) -> &'static str {
+        match self {
+            Fcm::Ccs(emu) => match roll {
+                0..=14 => {
+                    emu.drain_all();
+                    events.push(format!("{t} ms drain_all"));
+                    "drains"
+                }
+                15..=29 => {
+                    emu.drop_all();
+                    events.push(format!("{t} ms drop_all"));
+                    "drops"
+                }
+                30..=59 => {
+                    let f = random_faults(rng);
+                    events.push(format!("{t} ms faults {f:?}"));
+                    emu.set_faults(f);
+                    "fault changes"
+                }
+                _ => {
+                    emu.set_faults(Faults::default());
+                    events.push(format!("{t} ms faults cleared"));
+                    "clears"
+                }
+            },
+            Fcm::V1 {
+                emu,
+                base,
+                burst_until,
+            } => match roll {
+                0..=11 => {
+                    emu.goaway_all();
+                    events.push(format!("{t} ms goaway_all"));
+                    "GOAWAYs"
+                }
+                12..=23 => {
+                    emu.drop_all();
+                    events.push(format!("{t} ms drop_all"));
+                    "drops"
+                }
+                24..=35 => {
+                    // A burst of 503 UNAVAILABLE with Retry-After over the
+                    // base faults, for a moment.
+                    let mut f = base.clone();
+                    f.error_fraction = rng.random_range(0.3..=1.0);
+                    f.error_code = Some(V1ErrorCode::Unavailable);
+                    f.retry_after_secs = Some(rng.random_range(0..=2));
+                    let lasts = Duration::from_millis(rng.random_range(200..1500));
+                    events.push(format!(
+                        "{t} ms 503 burst for {lasts:?}: fraction {:.2}, Retry-After {:?} s",
+                        f.error_fraction, f.retry_after_secs
+                    ));
+                    emu.set_faults(f).unwrap();
+                    *burst_until = Some(Instant::now() + lasts);
+                    "503 bursts"
+                }
+                36..=59 => {
+                    let f = random_v1_faults(rng);
+                    events.push(format!("{t} ms faults {f:?}"));
+                    emu.set_faults(f.clone()).unwrap();
+                    *base = f;
+                    *burst_until = None;
+                    "fault changes"
+                }
+                60..=64 => {
+                    emu.revoke_tokens();
+                    events.push(format!("{t} ms revoke_tokens"));
+                    "token revocations"
+                }
+                _ => {
+                    emu.set_faults(V1Faults::default()).unwrap();
+                    *base = V1Faults::default();
+                    *burst_until = None;
+                    events.push(format!("{t} ms faults cleared"));
+                    "clears"
+                }
+            },
+        }
+    }
+
+    /// Ends a 503 burst whose time is up.
+    fn tick(&mut self, t: u128, events: &mut Vec<String>) {
+        if let Fcm::V1 {
+            emu,
+            base,
+            burst_until,
+        } = self
+        {
+            if burst_until.is_some_and(|u| Instant::now() >= u) {
+                *burst_until = None;
+                emu.set_faults(base.clone()).unwrap();
+                events.push(format!("{t} ms 503 burst over"));
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Fcm::Ccs(emu) => emu.set_faults(Faults::default()),
+            Fcm::V1 {
+                emu,
+                base,
+                burst_until,
+            } => {
+                *base = V1Faults::default();
+                *burst_until = None;
+                emu.set_faults(V1Faults::default()).unwrap();
+            }
+        }
+    }
+
+    fn summary(&self) -> String {
+        match self {
+            Fcm::Ccs(emu) => summary(emu),
+            Fcm::V1 { emu, .. } => v1_summary(emu),
+        }
+    }
+}
+
+async fn soak(api: Api) {
+    if !selected(api) {
+        eprintln!("chaos: {api:?} soak not selected by GIMMM_CHAOS_API; skipped");
+        return;
+    }
+    let _one_at_a_time = SOAK.lock().await;
     let secs: u64 = std::env::var("GIMMM_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -268,12 +542,36 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    eprintln!("chaos: seed {seed} (replay with GIMMM_CHAOS_SEED={seed}), {secs} s of chaos");
+    eprintln!(
+        "chaos: {api:?}: seed {seed} (replay with GIMMM_CHAOS_SEED={seed}), {secs} s of chaos"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
+    // HTTP v1 draws its chaos decisions from a generator of their own, so a
+    // seed replays the same sequence of actions and faults whatever the
+    // timing (the XMPP mode draws them from `rng`, as its recorded seeds
+    // expect, and so replays them only as far as the timing repeats).
+    let mut decide = (api == Api::HttpV1).then(|| StdRng::seed_from_u64(seed ^ 0x0dec_1de5));
 
-    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = emulator_config(&emu, dir.path(), &SESSIONS).unwrap();
+    let (mut fcm, mut cfg) = match api {
+        Api::Xmpp => {
+            let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+            let cfg = emulator_config(&emu, dir.path(), &SESSIONS).unwrap();
+            (Fcm::Ccs(emu), cfg)
+        }
+        Api::HttpV1 => {
+            let emu = V1Emulator::start(V1Config::default()).await.unwrap();
+            let cfg = v1_emulator_config(&emu, dir.path(), &SESSIONS).unwrap();
+            (
+                Fcm::V1 {
+                    emu,
+                    base: V1Faults::default(),
+                    burst_until: None,
+                },
+                cfg,
+            )
+        }
+    };
     cfg.fcm.connections = 2;
     cfg.retry.max_ms = 400;
     cfg.retry.max_attempts = 10;
@@ -289,6 +587,7 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
         let probe = BalProbe::new(*session, *token);
         ledgers.push(probe.ledger());
         drivers.push(tokio::spawn(bal_driver(
+            api,
             i,
             gw.follow(),
             seed.wrapping_add(1 + i as u64),
@@ -300,7 +599,8 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
 
     let mut upstream: Vec<(String, usize)> = Vec::new();
     let mut events: Vec<String> = Vec::new();
-    let (mut kills, mut terms, mut drains, mut drops, mut fault_changes) = (0, 0, 0, 0, 0);
+    let (mut kills, mut terms) = (0, 0);
+    let mut actions: BTreeMap<&'static str, u64> = BTreeMap::new();
     let started = Instant::now();
     let chaos_end = started + Duration::from_secs(secs);
     let mut next_action = Instant::now() + Duration::from_millis(rng.random_range(100..600));
@@ -310,16 +610,19 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
     // ---- chaos ---------------------------------------------------------
     while Instant::now() < chaos_end {
         sleep(Duration::from_millis(rng.random_range(5..40))).await;
-        // Devices talk all the time.
-        let i = rng.random_range(0..SESSIONS.len());
-        upstream.push((
-            emu.send_upstream(
-                &format!("dev-{}", rng.random_range(0..20)),
-                SESSIONS[i].0,
-                data.clone(),
-            ),
-            i,
-        ));
+        // Devices talk all the time (CCS only: HTTP v1 has no upstream).
+        if let Fcm::Ccs(emu) = &fcm {
+            let i = rng.random_range(0..SESSIONS.len());
+            upstream.push((
+                emu.send_upstream(
+                    &format!("dev-{}", rng.random_range(0..20)),
+                    SESSIONS[i].0,
+                    data.clone(),
+                ),
+                i,
+            ));
+        }
+        fcm.tick(started.elapsed().as_millis(), &mut events);
         // gimmm must never die on its own.
         if let Some(status) = gw.try_wait().unwrap() {
             panic!(
@@ -332,33 +635,21 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
         }
         next_action = Instant::now() + Duration::from_millis(rng.random_range(100..900));
         let t = started.elapsed().as_millis();
-        match rng.random_range(0..100) {
-            0..=14 => {
-                emu.drain_all();
-                drains += 1;
-                events.push(format!("{t} ms drain_all"));
-            }
-            15..=29 => {
-                emu.drop_all();
-                drops += 1;
-                events.push(format!("{t} ms drop_all"));
-            }
-            30..=59 => {
-                let f = random_faults(&mut rng);
-                events.push(format!("{t} ms faults {f:?}"));
-                emu.set_faults(f);
-                fault_changes += 1;
-            }
-            60..=74 => {
-                emu.set_faults(Faults::default());
-                events.push(format!("{t} ms faults cleared"));
+        let d: &mut StdRng = match decide.as_mut() {
+            Some(d) => d,
+            None => &mut rng,
+        };
+        match d.random_range(0..100) {
+            roll @ 0..=74 => {
+                let what = fcm.act(roll, d, t, &mut events);
+                *actions.entry(what).or_default() += 1;
             }
             75..=89 => {
                 let st = gw.kill().await.unwrap();
                 assert!(!st.success());
                 kills += 1;
                 events.push(format!("{t} ms SIGKILL gimmm"));
-                sleep(Duration::from_millis(rng.random_range(0..200))).await;
+                sleep(Duration::from_millis(d.random_range(0..200))).await;
                 gw.restart().await.unwrap();
             }
             90..=93 => {
@@ -377,7 +668,7 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
     }
 
     // ---- settle: chaos off, everything must complete ---------------------
-    emu.set_faults(Faults::default());
+    fcm.clear();
     phase_tx.send(Phase::Settle).unwrap();
     let settle_limit = Duration::from_secs(90);
     let settle_start = Instant::now();
@@ -407,10 +698,10 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
     };
     if let Err(why) = outcome {
         panic!(
-            "seed {seed}: not settled after {settle_limit:?}: {why}\nchaos events:\n{}\ngimmm log:\n{}\nemulator: {:?}",
+            "{api:?} seed {seed}: not settled after {settle_limit:?}: {why}\nchaos events:\n{}\ngimmm log:\n{}\nemulator: {}",
             events.join("\n"),
             gw.log_tail(40),
-            summary(&emu)
+            fcm.summary()
         );
     }
     // A little longer: a late duplicate would show up now.
@@ -427,7 +718,14 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
     }
 
     // ---- checks ----------------------------------------------------------
-    let stats = emu.stats();
+    let ccs_stats = match &fcm {
+        Fcm::Ccs(emu) => Some(emu.stats()),
+        Fcm::V1 { .. } => None,
+    };
+    let v1_stats = match &fcm {
+        Fcm::V1 { emu, .. } => Some(emu.stats()),
+        Fcm::Ccs(_) => None,
+    };
     let mut report = Vec::new();
     let (
         mut accepted,
@@ -449,12 +747,21 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
             .iter()
             .filter(|(e, _)| *e != bal::proto::BalError::ShuttingDown)
             .collect();
+        // For an ACK the gateway did not expect: what that sequence id
+        // carried, and how often it came.
+        let named: Vec<String> = errors
+            .iter()
+            .filter_map(|(_, d)| d.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|seq| format!("sequence_id {seq}: {:?}", l.deliveries.get(&seq)))
+            .collect();
         assert!(
             errors.is_empty() && l.conflicts.is_empty() && l.bad_lines.is_empty(),
-            "seed {seed}: session {i}: errors {:?}, conflicts {:?}, bad lines {:?}",
+            "{api:?} seed {seed}: session {i}: errors {:?} ({named:?}), conflicts {:?}, bad lines {:?}\nchaos events:\n{}\ngimmm log:\n{}",
             errors,
             l.conflicts,
-            l.bad_lines
+            l.bad_lines,
+            events.join("\n"),
+            gw.log_tail(40)
         );
         let strays: Vec<&String> = l
             .accepted
@@ -468,29 +775,46 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
         // Every accepted message has exactly one final result, and no
         // message (invalid ones included) more than one.
         if let Err(e) = l.exactly_one_final(&l.accepted) {
-            panic!("seed {seed}: session {i}: {e}");
+            panic!("{api:?} seed {seed}: session {i}: {e}");
         }
         for id in &l.accepted {
             let kind = l.final_of(id).unwrap();
             if *kind == Final::Ack {
-                assert!(
-                    stats.msg(id).acked >= 1,
-                    "seed {seed}: {id} ACKed at the BAL, never acked by FCM"
-                );
+                if let Some(stats) = &ccs_stats {
+                    assert!(
+                        stats.msg(id).acked >= 1,
+                        "seed {seed}: {id} ACKed at the BAL, never acked by FCM"
+                    );
+                }
+                if let Some(stats) = &v1_stats {
+                    assert!(
+                        stats.msg(&v1_key(&s.valid[id].1)).delivered >= 1,
+                        "http_v1 seed {seed}: {id} ACKed at the BAL, never delivered by FCM"
+                    );
+                }
                 acks += 1;
             }
             *kinds.entry(kind.kind().to_string()).or_default() += 1;
         }
-        for id in &s.invalid {
-            assert_eq!(
-                stats.msg(id).received,
-                0,
-                "seed {seed}: invalid {id} was sent to FCM"
-            );
+        for (id, json) in &s.invalid {
+            if let Some(stats) = &ccs_stats {
+                assert_eq!(
+                    stats.msg(id).received,
+                    0,
+                    "seed {seed}: invalid {id} was sent to FCM"
+                );
+            }
+            if let Some(stats) = &v1_stats {
+                assert_eq!(
+                    stats.msg(&v1_key(json)).received,
+                    0,
+                    "http_v1 seed {seed}: invalid {id} was sent to FCM"
+                );
+            }
         }
         // Every upstream message and receipt arrived once (one sequence id).
         if let Err(e) = l.each_delivered_once() {
-            panic!("seed {seed}: session {i}: {e}");
+            panic!("{api:?} seed {seed}: session {i}: {e}");
         }
         accepted += l.accepted.len();
         finals += l.finals.len();
@@ -516,27 +840,83 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
             }
         }
     }
-    assert_eq!(stats.window_violations, 0, "seed {seed}: window violations");
     let delivered_up: usize = upstream.len();
     assert_eq!(
         up_total, delivered_up,
         "seed {seed}: upstream delivered vs sent"
     );
+    let n = |k: &str| actions.get(k).copied().unwrap_or(0);
+    let emulator_line = if let Some(stats) = &ccs_stats {
+        assert_eq!(stats.window_violations, 0, "seed {seed}: window violations");
+        format!(
+            "{} drains, {} drops, {} fault changes; emulator: {} downstream received ({} duplicates), {} nacks, max pending {}, 0 window violations",
+            n("drains"),
+            n("drops"),
+            n("fault changes"),
+            stats.downstream_received,
+            stats.duplicates,
+            stats.nacks_sent,
+            stats.max_pending_high_water(),
+        )
+    } else if let Some(stats) = &v1_stats {
+        // No request over the stream limit, on any connection.
+        assert_eq!(
+            stats.over_limit, 0,
+            "http_v1 seed {seed}: requests over the stream limit"
+        );
+        for c in stats.connections.iter().filter(|c| c.alpn == "h2") {
+            assert!(
+                c.over_limit == 0 && c.streams_high_water <= u64::from(c.max_concurrent_streams),
+                "http_v1 seed {seed}: connection {} had {} streams at once (advertised {}), {} over the limit",
+                c.id,
+                c.streams_high_water,
+                c.max_concurrent_streams,
+                c.over_limit
+            );
+        }
+        let limits: std::collections::BTreeSet<u32> = stats
+            .connections
+            .iter()
+            .filter(|c| c.alpn == "h2")
+            .map(|c| c.max_concurrent_streams)
+            .collect();
+        format!(
+            "{} GOAWAYs (goaway_all), {} drops (drop_all), {} 503 bursts, {} fault changes, {} token revocations; \
+             emulator: {} requests, {} delivered ({} duplicates), by status {:?}, {} GOAWAYs sent, {} connections dropped, \
+             {} connections (stream limits {limits:?}, high-water {}), 0 over the limit, {} tokens issued, {} refused, {} unauthenticated",
+            n("GOAWAYs"),
+            n("drops"),
+            n("503 bursts"),
+            n("fault changes"),
+            n("token revocations"),
+            stats.requests,
+            stats.delivered,
+            stats.duplicates,
+            stats.by_status,
+            stats.goaways_sent,
+            stats.drops,
+            stats.connections_opened,
+            stats.max_streams_high_water(),
+            stats.tokens_issued,
+            stats.tokens_refused,
+            stats.unauthenticated,
+        )
+    } else {
+        String::new()
+    };
 
     eprintln!(
-        "chaos: seed {seed}, {secs} s chaos + {:?} settle: {accepted} accepted, {finals} final results ({acks} ACK; by kind {kinds:?}), \
+        "chaos: {api:?}: seed {seed}, {secs} s chaos + {:?} settle: {accepted} accepted, {finals} final results ({acks} ACK; by kind {kinds:?}), \
          0 lost, 0 duplicated; {up_total} upstream delivered once each; {receipts} receipts once each; \
          {redeliveries} redeliveries (same sequence_id), {dup_answers} duplicate:true answers; \
-         {kills} SIGKILL, {terms} SIGTERM, {drains} drains, {drops} drops, {fault_changes} fault changes; \
-         emulator: {} downstream received ({} duplicates), {} nacks, max pending {}, 0 window violations",
+         {kills} SIGKILL, {terms} SIGTERM, {emulator_line}",
         settle_start.elapsed(),
-        stats.downstream_received,
-        stats.duplicates,
-        stats.nacks_sent,
-        stats.max_pending_high_water(),
     );
     for l in report {
         eprintln!("chaos: {l}");
+    }
+    if std::env::var_os("GIMMM_CHAOS_EVENTS").is_some() {
+        eprintln!("chaos events:\n{}", events.join("\n"));
     }
 
     let st = gw.term().await.unwrap();
@@ -547,7 +927,10 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
         "gimmm panicked:\n{}",
         gw.log_tail(40)
     );
-    emu.shutdown().await;
+    match fcm {
+        Fcm::Ccs(emu) => emu.shutdown().await,
+        Fcm::V1 { emu, .. } => emu.shutdown().await,
+    }
 }
 
 /// Why session `i` has not settled yet (`None`: it has): a valid message
@@ -589,5 +972,25 @@ fn summary(emu: &Emulator) -> String {
         s.receipts_sent,
         s.receipts_acked,
         s.window_violations
+    )
+}
+
+fn v1_summary(emu: &V1Emulator) -> String {
+    let s = emu.stats_summary();
+    format!(
+        "requests {} delivered {} duplicates {} by status {:?} by error code {:?} goaways {} drops {} dropped requests {} over limit {} tokens issued {} refused {} unauthenticated {} open connections {}",
+        s.requests,
+        s.delivered,
+        s.duplicates,
+        s.by_status,
+        s.by_error_code,
+        s.goaways_sent,
+        s.drops,
+        s.dropped_requests,
+        s.over_limit,
+        s.tokens_issued,
+        s.tokens_refused,
+        s.unauthenticated,
+        s.open_connections(),
     )
 }

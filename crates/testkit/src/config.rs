@@ -1,11 +1,13 @@
 //! The usual test gateway configuration (SPEC §2) as a typed value.
 //!
-//! Tests build a [`gateway::config::Config`] with [`emulator_config`],
+//! Tests build a [`gateway::config::Config`] with [`emulator_config`] (the
+//! XMPP link) or [`v1_emulator_config`] (the HTTP v1 link, SPEC §8.1),
 //! change what they test, and either start it in this process
 //! ([`in_process`]) or hand it to [`crate::ChildGateway::spawn`], which
 //! writes it as TOML with [`write_config`]. The listeners are
 //! `127.0.0.1:0`: the gateway picks its ports and reports them.
 
+use emulator::v1::V1Emulator;
 use emulator::Emulator;
 use gateway::config::{Config, Secret, SessionConfig};
 use gateway::Gateway;
@@ -58,6 +60,54 @@ pub fn emulator_config(
     cfg.fcm.port = emu.addr().port();
     cfg.fcm.sender_id = emu.sender_id().to_string();
     cfg.fcm.server_key = Secret::new(emu.server_key());
+    cfg.fcm.ca_file = Some(ca);
+    cfg.retry.initial_ms = 20;
+    cfg.retry.max_ms = 500;
+    cfg.bal.listen = "127.0.0.1:0".into();
+    cfg.bal.sessions = sessions
+        .iter()
+        .map(|(id, token)| SessionConfig::new(*id, *token))
+        .collect();
+    cfg.store.path = dir.join("gimmm.db");
+    cfg.admin.listen = "127.0.0.1:0".into();
+    Ok(cfg)
+}
+
+/// The usual test configuration against the HTTP v1 emulator `emu`
+/// (`fcm.api = "http_v1"`): its service-account key written to
+/// `dir/emulator-sa.json` (mode 0600: it holds the emulator's private key)
+/// and its CA to `dir/emulator-ca.pem`, `fcm.endpoint` its base URL;
+/// otherwise as [`emulator_config`]: the store at `dir/gimmm.db`, the
+/// listeners on `127.0.0.1:0`, fast retries, one BAL session per
+/// `(session_id, token)`.
+pub fn v1_emulator_config(
+    emu: &V1Emulator,
+    dir: &Path,
+    sessions: &[(&str, &str)],
+) -> Result<Config, ConfigError> {
+    let write = |path: std::path::PathBuf, text: &str| {
+        std::fs::write(&path, text).map_err(|source| ConfigError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok::<_, ConfigError>(path)
+    };
+    let ca = write(dir.join("emulator-ca.pem"), emu.ca_pem())?;
+    let sa = write(dir.join("emulator-sa.json"), emu.service_account_json())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sa, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| ConfigError::Write {
+                path: sa.clone(),
+                source,
+            },
+        )?;
+    }
+    let mut cfg = Config::default();
+    cfg.fcm.api = gateway::config::Api::HttpV1;
+    cfg.fcm.service_account_file = Some(sa);
+    cfg.fcm.endpoint = emu.endpoint().to_string();
     cfg.fcm.ca_file = Some(ca);
     cfg.retry.initial_ms = 20;
     cfg.retry.max_ms = 500;

@@ -3,8 +3,8 @@
 //!
 //! * [`config`]: the usual test gateway configuration as a typed
 //!   [`gateway::config::Config`] (SPEC §2) pointing at an
-//!   [`emulator::Emulator`], written to a file as TOML; and an in-process
-//!   gateway on it.
+//!   [`emulator::Emulator`] (or the HTTP v1 emulator), written to a file as
+//!   TOML; and an in-process gateway on it.
 //! * [`child`]: `gimmm serve` as a child process ([`ChildGateway`]) that
 //!   reports the ports it bound through `--ports-file` (so every listener is
 //!   `127.0.0.1:0` and no test ever guesses a free port), with its output
@@ -35,7 +35,7 @@ pub mod probe;
 pub mod relay;
 
 pub use child::{ChildError, ChildGateway, ChildOpts, Ports};
-pub use config::{emulator_config, in_process, write_config};
+pub use config::{emulator_config, in_process, v1_emulator_config, write_config};
 pub use http::{http_get, HttpError, HttpResponse};
 pub use ingress::{ingress_config, upstream_body, IngressClient, TestCa};
 pub use ledger::{Final, FinalsError, Ledger};

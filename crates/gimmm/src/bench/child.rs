@@ -8,7 +8,7 @@
 use super::{rand_u32, BenchArgs, Restart};
 use anyhow::{bail, Context, Result};
 use bal::ClientTls;
-use gateway::config::{Config, Secret, SessionConfig};
+use gateway::config::{Api, Config, Secret, SessionConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -133,11 +133,31 @@ fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The FCM side of the gateway the bench starts.
+pub(super) enum FcmSetup<'a> {
+    /// XMPP to the CCS emulator on 127.0.0.1.
+    Ccs {
+        port: u16,
+        sender_id: &'a str,
+        server_key: &'a str,
+    },
+    /// FCM HTTP v1 to the HTTP v1 emulator.
+    V1 {
+        /// `fcm.endpoint` (the emulator's base URL).
+        endpoint: &'a str,
+        /// The emulator's service-account key file.
+        service_account_file: &'a Path,
+        /// `fcm.max_pending_per_connection`; `None` = the default (100).
+        max_streams: Option<u32>,
+        /// `fcm.max_messages_per_minute` (0 = off).
+        max_messages_per_minute: u64,
+    },
+}
+
 /// What the gateway the bench starts is configured with.
 pub(super) struct GwSetup<'a> {
-    pub(super) fcm_port: u16,
-    pub(super) sender_id: &'a str,
-    pub(super) server_key: &'a str,
+    pub(super) fcm: FcmSetup<'a>,
+    /// The emulator's CA (`fcm.ca_file`).
     pub(super) ca_file: &'a Path,
     pub(super) links: usize,
     pub(super) sessions: &'a [(String, String)],
@@ -203,10 +223,32 @@ impl BenchTls {
 /// `127.0.0.1:0`, everything not named here at its default.
 pub(super) fn gateway_config(g: &GwSetup<'_>) -> Result<Config> {
     let mut cfg = Config::default();
-    cfg.fcm.host = "127.0.0.1".into();
-    cfg.fcm.port = g.fcm_port;
-    cfg.fcm.sender_id = g.sender_id.into();
-    cfg.fcm.server_key = Secret::new(g.server_key);
+    match g.fcm {
+        FcmSetup::Ccs {
+            port,
+            sender_id,
+            server_key,
+        } => {
+            cfg.fcm.host = "127.0.0.1".into();
+            cfg.fcm.port = port;
+            cfg.fcm.sender_id = sender_id.into();
+            cfg.fcm.server_key = Secret::new(server_key);
+        }
+        FcmSetup::V1 {
+            endpoint,
+            service_account_file,
+            max_streams,
+            max_messages_per_minute,
+        } => {
+            cfg.fcm.api = Api::HttpV1;
+            cfg.fcm.endpoint = endpoint.into();
+            cfg.fcm.service_account_file = Some(service_account_file.to_path_buf());
+            if let Some(n) = max_streams {
+                cfg.fcm.max_pending_per_connection = n as usize;
+            }
+            cfg.fcm.max_messages_per_minute = max_messages_per_minute;
+        }
+    }
     cfg.fcm.ca_file = Some(g.ca_file.to_path_buf());
     cfg.fcm.connections = g.links;
     if g.retry_fast {
@@ -224,7 +266,7 @@ pub(super) fn gateway_config(g: &GwSetup<'_>) -> Result<Config> {
     cfg.bal.sessions = g
         .sessions
         .iter()
-        .map(|(id, t)| SessionConfig::new(id.clone(), t.as_str()))
+        .map(|(id, t)| SessionConfig::new(id.as_str(), t.as_str()))
         .collect();
     cfg.store.path = g.store.to_path_buf();
     cfg.admin.listen = "127.0.0.1:0".into();

@@ -1,7 +1,9 @@
 //! `gimmm bench` (SPEC §7): the load generator behind every performance
 //! figure in BENCHMARKS.md.
 //!
-//! It starts a CCS emulator (in this process, as a library) and a gateway —
+//! It starts an emulator (in this process, as a library: the CCS emulator,
+//! or with `--api http-v1` the FCM HTTP v1 emulator of SPEC §9) and a
+//! gateway configured for that link —
 //! by default `gimmm serve` as a **child process**, so that the gateway's
 //! own peak RSS can be read from `/proc/<pid>/status` (`VmHWM`); with
 //! `--in-process` inside this process — or drives ones that already run
@@ -19,6 +21,14 @@
 //! is reported as lost or duplicated and makes the command fail, as do
 //! emulator counters that disagree.
 //!
+//! With `--api http-v1` the same messages go through the gateway's HTTP v1
+//! link (SPEC §8): `--links` HTTP/2 connections, `--max-streams` concurrent
+//! streams on each (the emulator's SETTINGS_MAX_CONCURRENT_STREAMS and the
+//! gateway's `max_pending_per_connection`), `--latency-ms` before every
+//! answer. v1 has neither upstream messages nor receipts, so those flags
+//! are refused; the client-side quota (`fcm.max_messages_per_minute`) is off
+//! unless `--max-messages-per-minute` sets it.
+//!
 //! `--queue-while-down` measures the backlog case instead: FCM is
 //! unreachable while `--messages` are accepted (RSS of the gateway with the
 //! backlog on disk), the gateway is restarted (time until it serves BALs
@@ -27,7 +37,8 @@
 //! Modules: [`plan`] what is sent, [`load`] the sender and receiver loop,
 //! [`steady`] the load mode, [`queue_down`] the backlog mode, [`child`] the
 //! gateway under test (child process, `/proc`), [`report`] histograms,
-//! printing and JSON, [`http`] the emulator's stats endpoint.
+//! printing and JSON, [`http`] the emulator's stats endpoint, [`v1`] the
+//! HTTP v1 emulator and its counters.
 // The bench measures real elapsed time between real processes: it uses
 // std's clock on purpose (nothing here runs under paused tokio time).
 #![allow(clippy::disallowed_methods)]
@@ -39,10 +50,31 @@ mod plan;
 mod queue_down;
 mod report;
 mod steady;
+mod v1;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+
+/// Which FCM link the gateway under test uses.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchApi {
+    /// XMPP to the CCS emulator (`fcm.api = "xmpp"`).
+    Xmpp,
+    /// FCM HTTP v1 to the HTTP v1 emulator (`fcm.api = "http_v1"`).
+    #[value(name = "http-v1")]
+    HttpV1,
+}
+
+impl BenchApi {
+    /// The name in the JSON report (as in `fcm.api`).
+    pub(crate) fn json_name(self) -> &'static str {
+        match self {
+            BenchApi::Xmpp => "xmpp",
+            BenchApi::HttpV1 => "http_v1",
+        }
+    }
+}
 
 /// What to do to the gateway between filling the backlog and draining it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,6 +89,9 @@ pub(crate) enum Restart {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
+    /// Which FCM link to measure: xmpp (CCS) or http-v1.
+    #[arg(long, value_enum, default_value_t = BenchApi::Xmpp)]
+    api: BenchApi,
     /// Messages to drive (downstream plus upstream).
     #[arg(long, default_value_t = 100_000)]
     messages: u64,
@@ -64,7 +99,8 @@ pub(crate) struct BenchArgs {
     /// as the gateway takes them (bounded by --max-in-flight).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// CCS connections of the gateway (fcm.connections).
+    /// FCM connections of the gateway (fcm.connections): CCS connections, or
+    /// HTTP/2 connections with --api http-v1.
     #[arg(long, default_value_t = 4)]
     links: usize,
     /// BAL sessions, one connection each.
@@ -85,9 +121,29 @@ pub(crate) struct BenchArgs {
     /// every DOWNSTREAM_RECEIPT).
     #[arg(long)]
     receipts: bool,
-    /// Emulator fault: delay every ack by this many milliseconds.
+    /// Emulator fault: delay every ack by this many milliseconds (xmpp).
     #[arg(long, default_value_t = 0)]
     ack_delay_ms: u64,
+    /// HTTP v1 emulator: delay every answer by this many milliseconds
+    /// (http-v1; the analogue of --ack-delay-ms).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// HTTP v1: concurrent streams per connection, advertised by the
+    /// emulator as SETTINGS_MAX_CONCURRENT_STREAMS and set as the gateway's
+    /// fcm.max_pending_per_connection (http-v1; default: both at 100).
+    #[arg(long)]
+    max_streams: Option<u32>,
+    /// HTTP v1: the gateway's client-side quota,
+    /// fcm.max_messages_per_minute (http-v1; 0 = off, the bench's default,
+    /// so that the quota does not cap the figures at 10,000 msg/s).
+    #[arg(long, default_value_t = 0)]
+    max_messages_per_minute: u64,
+    /// HTTP v1: keep the emulator's per-message stats (duplicate deliveries
+    /// seen by FCM). Off by default: lost and duplicated messages are decided
+    /// by the bench's own ledger and the emulator's delivered count either
+    /// way (http-v1).
+    #[arg(long)]
+    track_messages: bool,
     /// With --rate 0: most downstream messages per session sent and without
     /// a final result (a BAL with bounded concurrency).
     #[arg(long, default_value_t = 5_000)]
@@ -110,7 +166,8 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     gateway_pid: Option<u32>,
     /// With --gateway: the stats URL of the emulator it uses
-    /// (e.g. http://127.0.0.1:5237), to inject upstream and check counters.
+    /// (e.g. http://127.0.0.1:5237, or http://127.0.0.1:5239 for
+    /// `gimmm emulator --api http-v1`), to inject upstream and check counters.
     #[arg(long)]
     emulator_stats: Option<String>,
     /// With --gateway: the session ids to log on to (comma separated;
@@ -175,6 +232,7 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
             "--ca-file is for --gateway: the bench's own gateway uses a certificate it generates"
         );
     }
+    check_api_flags(&a)?;
     if a.queue_while_down {
         if a.gateway.is_some() || a.in_process {
             bail!("--queue-while-down starts its own gateway child process (no --gateway / --in-process)");
@@ -185,6 +243,51 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
         return queue_down::queue_while_down(a).await;
     }
     steady::load(a).await
+}
+
+/// Refuses flags that do not apply to the chosen link, naming them.
+fn check_api_flags(a: &BenchArgs) -> Result<()> {
+    match a.api {
+        BenchApi::Xmpp => {
+            let mut v1_only = Vec::new();
+            if a.latency_ms > 0 {
+                v1_only.push("--latency-ms");
+            }
+            if a.max_streams.is_some() {
+                v1_only.push("--max-streams");
+            }
+            if a.max_messages_per_minute > 0 {
+                v1_only.push("--max-messages-per-minute");
+            }
+            if a.track_messages {
+                v1_only.push("--track-messages");
+            }
+            if !v1_only.is_empty() {
+                bail!(
+                    "{} only apply to --api http-v1 (with xmpp, --ack-delay-ms delays the emulator's acks)",
+                    v1_only.join(", ")
+                );
+            }
+        }
+        BenchApi::HttpV1 => {
+            if a.upstream_fraction > 0.0 {
+                bail!("--upstream-fraction does not apply to --api http-v1: FCM HTTP v1 has no upstream messages");
+            }
+            if a.receipts {
+                bail!("--receipts does not apply to --api http-v1: FCM HTTP v1 has no delivery receipts");
+            }
+            if a.ack_delay_ms > 0 {
+                bail!("--ack-delay-ms is the CCS emulator's; with --api http-v1 use --latency-ms");
+            }
+            if a.queue_while_down {
+                bail!("--queue-while-down is not available with --api http-v1 (the HTTP v1 emulator generates its service account when it starts, so it cannot come up later on a key the gateway already has)");
+            }
+            if a.max_streams == Some(0) {
+                bail!("--max-streams must be at least 1");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// (session id, token) of each BAL session.

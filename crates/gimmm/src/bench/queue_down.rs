@@ -5,8 +5,8 @@
 //! configured with and the backlog drains (throughput).
 
 use super::child::{
-    fsync_probe_ms, gateway_config, proc_status, spawn_gateway, write_config, BenchTls, GwSetup,
-    PortReservation,
+    fsync_probe_ms, gateway_config, proc_status, spawn_gateway, write_config, BenchTls, FcmSetup,
+    GwSetup, PortReservation,
 };
 use super::load::{count, logon_all, receiver, sender, wait_done, EmuCtl, Shared, Window};
 use super::plan::Plan;
@@ -42,9 +42,11 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
     let fcm_port = fcm.port();
     let key = emulator::DEFAULT_SERVER_KEY;
     let setup = GwSetup {
-        fcm_port,
-        sender_id: emulator::DEFAULT_SENDER_ID,
-        server_key: key,
+        fcm: FcmSetup::Ccs {
+            port: fcm_port,
+            sender_id: emulator::DEFAULT_SENDER_ID,
+            server_key: key,
+        },
         ca_file: &ca,
         links: a.links,
         sessions: &sessions,

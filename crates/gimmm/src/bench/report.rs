@@ -2,10 +2,13 @@
 //! milliseconds, emulator counters over the run, and the load mode's
 //! printed report and JSON (`messages`, `elapsed_secs`,
 //! `throughput_msgs_per_sec`, `latency_ms`, `gateway_peak_rss_bytes`,
-//! `lost`, `duplicated`, ...).
+//! `lost`, `duplicated`, `api`, and the emulator's counters: the CCS
+//! emulator's, or with `--api http-v1` the HTTP v1 emulator's).
 
 use super::plan::Plan;
-use super::BenchArgs;
+use super::v1::V1Delta;
+use super::{BenchApi, BenchArgs};
+use emulator::v1::DEFAULT_MAX_CONCURRENT_STREAMS;
 use hdrhistogram::Histogram;
 
 pub(super) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -69,6 +72,13 @@ pub(super) fn emu_delta(
     })
 }
 
+/// The emulator's counters over a run, by link.
+#[derive(Clone, Copy)]
+pub(super) enum EmuFigures {
+    Ccs(EmuDelta),
+    V1(V1Delta),
+}
+
 /// Everything the load mode reports.
 pub(super) struct LoadReport<'a> {
     pub(super) a: &'a BenchArgs,
@@ -91,7 +101,7 @@ pub(super) struct LoadReport<'a> {
     pub(super) rejected: u64,
     pub(super) protocol_errors: u64,
     pub(super) accepted: u64,
-    pub(super) delta: Option<EmuDelta>,
+    pub(super) delta: Option<EmuFigures>,
 }
 
 /// Prints the load mode's report; returns its JSON.
@@ -124,17 +134,28 @@ pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
         "max".into()
     };
 
-    println!(
-        "gimmm bench: {} messages ({} downstream, {} upstream{}), {} link(s), {} session(s){}, rate {rate}{}",
-        p.n,
-        p.downstream,
-        p.upstream,
-        if p.receipts { format!(", {} receipts", p.downstream) } else { String::new() },
-        a.links,
-        a.sessions,
-        if a.tls { " over TLS" } else { "" },
-        if a.ack_delay_ms > 0 { format!(", ack delay {} ms", a.ack_delay_ms) } else { String::new() },
-    );
+    match a.api {
+        BenchApi::Xmpp => println!(
+            "gimmm bench: {} messages ({} downstream, {} upstream{}), {} link(s), {} session(s){}, rate {rate}{}",
+            p.n,
+            p.downstream,
+            p.upstream,
+            if p.receipts { format!(", {} receipts", p.downstream) } else { String::new() },
+            a.links,
+            a.sessions,
+            if a.tls { " over TLS" } else { "" },
+            if a.ack_delay_ms > 0 { format!(", ack delay {} ms", a.ack_delay_ms) } else { String::new() },
+        ),
+        BenchApi::HttpV1 => println!(
+            "gimmm bench: HTTP v1, {} messages, {} HTTP/2 connection(s) x {} streams, {} session(s){}, rate {rate}, emulator latency {} ms",
+            p.n,
+            a.links,
+            a.max_streams.unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
+            a.sessions,
+            if a.tls { " over TLS" } else { "" },
+            a.latency_ms,
+        ),
+    }
     println!("  elapsed          {elapsed:.3} s");
     if let Some(f) = fsync_ms {
         println!("  store fsync      {f:.3} ms (median fdatasync in the store directory, measured before the run)");
@@ -188,14 +209,17 @@ pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
         "  lost {lost}, duplicated {duplicated}, rejected {rejected}, protocol errors {}",
         protocol_errors
     );
-    if let Some(d) = &delta {
-        println!(
+    match &delta {
+        Some(EmuFigures::Ccs(d)) => println!(
             "  emulator         received {} acked {} nacked {} duplicates {} upstream acked {} (resent {}) receipts acked {} window violations {} pending high-water {}",
             d.downstream_received, d.acks_sent, d.nacks_sent, d.duplicates, d.upstream_acked, d.upstream_resent, d.receipts_acked, d.window_violations, d.pending_high_water
-        );
+        ),
+        Some(EmuFigures::V1(d)) => d.print(),
+        None => {}
     }
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "mode": "load",
+        "api": a.api.json_name(),
         "messages": p.n,
         "downstream": p.downstream,
         "upstream": p.upstream,
@@ -223,16 +247,28 @@ pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
         "rejected": rejected,
         "protocol_errors": protocol_errors,
         "accepted": accepted,
-        "emulator": delta.map(|d| serde_json::json!({
-            "downstream_received": d.downstream_received,
-            "acks_sent": d.acks_sent,
-            "nacks_sent": d.nacks_sent,
-            "duplicates": d.duplicates,
-            "upstream_acked": d.upstream_acked,
-            "upstream_resent": d.upstream_resent,
-            "receipts_acked": d.receipts_acked,
-            "window_violations": d.window_violations,
-            "pending_high_water": d.pending_high_water,
-        })),
-    })
+        "emulator": delta.map(|d| match d {
+            EmuFigures::Ccs(d) => serde_json::json!({
+                "downstream_received": d.downstream_received,
+                "acks_sent": d.acks_sent,
+                "nacks_sent": d.nacks_sent,
+                "duplicates": d.duplicates,
+                "upstream_acked": d.upstream_acked,
+                "upstream_resent": d.upstream_resent,
+                "receipts_acked": d.receipts_acked,
+                "window_violations": d.window_violations,
+                "pending_high_water": d.pending_high_water,
+            }),
+            EmuFigures::V1(d) => d.json(),
+        }),
+    });
+    if a.api == BenchApi::HttpV1 {
+        json["emulator_latency_ms"] = a.latency_ms.into();
+        json["max_streams"] = a
+            .max_streams
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS)
+            .into();
+        json["max_messages_per_minute"] = a.max_messages_per_minute.into();
+    }
+    json
 }
