@@ -2,7 +2,7 @@
 //! prepared once per batch when first needed, applied inside the writer's
 //! open transaction.
 
-use crate::types::{now_ms, Batch, Op};
+use crate::types::{Batch, Op};
 use rusqlite::{params, Connection};
 
 /// The write statements, prepared once per batch when first needed.
@@ -24,7 +24,7 @@ const WRITE_SQL: [&str; 8] = [
     "INSERT OR IGNORE INTO downstream (id, session, message_id, group_id, body, expires_at, receipt, accepted_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     "UPDATE downstream SET attempts = ?2, not_before = ?3 WHERE id = ?1",
-    "UPDATE downstream SET state = 1, body = NULL, group_id = NULL WHERE id = ?1",
+    "UPDATE downstream SET state = 1, body = NULL, group_id = NULL, done_at = ?2 WHERE id = ?1",
     "UPDATE downstream SET receipt = 0 WHERE id = ?1",
     "INSERT OR REPLACE INTO outbox (session, seq, body) VALUES (?1, ?2, ?3)",
     "DELETE FROM outbox WHERE session = ?1 AND seq = ?2",
@@ -55,15 +55,16 @@ impl<'c> Stmts<'c> {
 /// Applies one batch inside the open transaction; returns the ids of
 /// duplicate inserts and the outbox seqs of repeated upstream messages.
 /// With `skip_inserts`, new downstream messages are left out (they were
-/// refused).
+/// refused). `now` (Unix ms, from the store's clock) stamps finished rows
+/// and upstream ids, which retention ages by.
 pub(crate) fn apply_batch(
     conn: &Connection,
     b: &Batch,
     skip_inserts: bool,
+    now: i64,
 ) -> rusqlite::Result<(Vec<u64>, Vec<u64>)> {
     let mut dups = Vec::new();
     let mut repeated = Vec::new();
-    let now = now_ms();
     let mut st = Stmts::new(conn);
     for op in &b.ops {
         apply_op(&mut st, op, skip_inserts, now, &mut dups, &mut repeated)?;
@@ -108,7 +109,7 @@ fn apply_op(
                     .execute(params![*id as i64, *attempts as i64, not_before_ms])?;
             }
             Op::FinishDownstream { id } => {
-                st.get(SQL_FINISH)?.execute(params![*id as i64])?;
+                st.get(SQL_FINISH)?.execute(params![*id as i64, now])?;
             }
             Op::ReceiptDone { id } => {
                 st.get(SQL_RECEIPT_DONE)?.execute(params![*id as i64])?;

@@ -1,6 +1,7 @@
 //! SQLite-specific tests. The interface's contract is tested by the
 //! conformance suite (`tests/conformance_sqlite.rs`); here: migrations of
-//! old files, group commit, and the "durable rows only" marks.
+//! old files, group commit, the "durable rows only" marks, and retention:
+//! the prune statements and the file sizes under waves of traffic.
 
 use super::*;
 use crate::types::{now_ms, NewDownstream, Op};
@@ -166,4 +167,249 @@ async fn marks_cover_what_a_previous_run_left() {
     let (store, rec) = SqliteStore::open(&path, tx).unwrap();
     assert_eq!(rec.next_id, 8);
     assert_eq!(store.load_queued(0, 10).await.unwrap().len(), 1);
+}
+
+/// The prune statements go through their indexes (migration 0004), not a
+/// scan of the table: a step costs the rows it deletes, whatever the size
+/// of the store.
+#[test]
+fn prune_statements_use_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Connection::open(dir.path().join("g.db")).unwrap();
+    migrate::migrate(&mut c, dir.path()).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = st
+            .query_map(params![0i64, 10i64], |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    };
+    let down = plan(prune::SQL_PRUNE_DOWNSTREAM);
+    assert!(down.contains("INDEX downstream_done (done_at<?)"), "{down}");
+    let up = plan(prune::SQL_PRUNE_UPSTREAM);
+    assert!(up.contains("INDEX upstream_seen_at (at<?)"), "{up}");
+    assert!(!down.contains("SCAN downstream") && !up.contains("SCAN upstream_seen"));
+}
+
+/// One step deletes at most `batch` rows of each table, the oldest first,
+/// and says when there may be more.
+#[test]
+fn a_prune_step_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Connection::open(dir.path().join("g.db")).unwrap();
+    migrate::migrate(&mut c, dir.path()).unwrap();
+    for i in 1..=10i64 {
+        c.execute(
+            "INSERT INTO downstream (id, session, message_id, expires_at, state, done_at)
+             VALUES (?1, 's', ?2, 0, 1, ?1)",
+            params![i, format!("m{i}")],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO upstream_seen (message_id, at) VALUES (?1, ?2)",
+            params![format!("u{i}"), i],
+        )
+        .unwrap();
+    }
+    // Queued rows are never pruned, however old.
+    c.execute(
+        "INSERT INTO downstream (id, session, message_id, expires_at) VALUES (11, 's', 'q', 0)",
+        [],
+    )
+    .unwrap();
+    let s = prune::step(&c, 8, 4).unwrap();
+    assert_eq!(
+        (s.pruned.downstream, s.pruned.upstream, s.more),
+        (4, 4, true)
+    );
+    let left: Vec<i64> = c
+        .prepare("SELECT id FROM downstream ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(left, vec![5, 6, 7, 8, 9, 10, 11], "the oldest went first");
+    let s = prune::step(&c, 8, 4).unwrap();
+    assert_eq!(
+        (s.pruned.downstream, s.pruned.upstream, s.more),
+        (3, 3, false)
+    );
+    let next_id: i64 = c
+        .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(next_id, 8, "above every pruned row");
+}
+
+/// Rows finished before the upgrade to schema 4 have no time of their
+/// final result: they count from the upgrade, so they are kept a full
+/// retention after it, then pruned.
+#[tokio::test]
+async fn rows_finished_before_the_upgrade_count_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        for m in &MIGRATIONS[..3] {
+            c.execute_batch(m).unwrap();
+        }
+        c.pragma_update(None, "user_version", 3).unwrap();
+        c.execute_batch(
+            "INSERT INTO downstream (id, session, message_id, body, expires_at, state)
+                 VALUES (1, 's', 'done-before', NULL, 0, 1);
+             INSERT INTO downstream (id, session, message_id, body, expires_at)
+                 VALUES (2, 's', 'queued-before', '{}', 9999999999999);
+             INSERT INTO upstream_seen (message_id, at) VALUES ('up-before', 0);",
+        )
+        .unwrap();
+    }
+    let clock = crate::Clock::manual(now_ms());
+    let opts = crate::StoreOptions {
+        retention: Some(Duration::from_secs(3600)),
+        clock: clock.clone(),
+        ..crate::StoreOptions::default()
+    };
+    let (tx, _rx) = unbounded_channel();
+    let (store, rec) = SqliteStore::open_with(&path, tx, opts).unwrap();
+    assert_eq!(rec.next_id, 3);
+    store.prune_now().await.unwrap();
+    // Upstream ids always had their time: the old one goes at once.
+    assert!(!store.upstream_seen("up-before").await.unwrap());
+    assert_eq!(store.pruned().borrow().downstream, 0);
+    clock.advance(Duration::from_secs(3601 + 60));
+    store.prune_now().await.unwrap();
+    assert_eq!(store.pruned().borrow().downstream, 1);
+    assert_eq!(store.counts().await.unwrap().queued, 1);
+}
+
+/// Bytes of the database and its WAL.
+fn store_bytes(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path.to_path_buf(), PathBuf::from(wal)]
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Runs `n` messages (from row id `first`) through the writes of their
+/// life: insert, final result + DOWNSTREAM_ACK line, the BAL's ACK; every
+/// fifth also an upstream id with its line.
+async fn wave(
+    store: &SqliteStore,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Committed>,
+    no: &mut u64,
+    first: u64,
+    n: u64,
+) {
+    let s: Arc<str> = Arc::from("com.example.app");
+    for chunk in (first..first + n).collect::<Vec<_>>().chunks(256) {
+        let mut ins: Vec<Op> = chunk
+            .iter()
+            .map(|&id| new_msg(id, &s, &format!("bench-0badf00d-{id}")))
+            .collect();
+        ins.extend(
+            chunk
+                .iter()
+                .filter(|id| *id % 5 == 0)
+                .map(|id| Op::Upstream {
+                    message_id: format!("0:1700000000000000%{id:016x}"),
+                    then: vec![Op::InsertOutbox {
+                        seq: id * 2 + 1,
+                        session: s.clone(),
+                        body: r#"{"message_type":"UPSTREAM","data":{"k":"v"}}"#.into(),
+                    }],
+                }),
+        );
+        let mut done = Vec::new();
+        let mut acks = Vec::new();
+        for &id in chunk {
+            done.push(Op::FinishDownstream { id });
+            done.push(Op::InsertOutbox {
+                seq: id * 2,
+                session: s.clone(),
+                body: format!(r#"{{"message_type":"DOWNSTREAM_ACK","message_id":"bench-0badf00d-{id}","fcm_data":{{"from":"d","message_type":"ack"}}}}"#).into(),
+            });
+            for seq in [id * 2, id * 2 + 1] {
+                acks.push(Op::DeleteOutbox {
+                    session: s.clone(),
+                    seq,
+                });
+            }
+        }
+        for ops in [ins, done, acks] {
+            *no += 1;
+            commit(store, rx, *no, ops).await;
+        }
+    }
+}
+
+/// Waves of traffic with a short retention keep the store's files (db +
+/// WAL) from growing wave over wave: each wave's rows are pruned in the
+/// background during the next (awaited on the pruned counter), and their
+/// pages are reused. The same traffic without retention grows the files
+/// by every wave (the reference: the bound is not met by accident).
+#[tokio::test]
+async fn files_stay_flat_over_waves_with_retention() {
+    const WAVES: u64 = 8;
+    const PER_WAVE: u64 = 12_000;
+    let hour = Duration::from_secs(3600);
+    let mut sizes = Vec::new();
+    for retention in [Some(hour), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let clock = crate::Clock::manual(now_ms());
+        let (tx, mut rx) = unbounded_channel();
+        let (store, _) = SqliteStore::open_with(
+            &path,
+            tx,
+            crate::StoreOptions {
+                retention,
+                clock: clock.clone(),
+                // Look again soon after a pass (1 s by default), so that a
+                // wave's rows are pruned as soon as they are old.
+                prune_interval: Duration::from_millis(10),
+                ..crate::StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let mut pruned = store.pruned();
+        let mut no = 0;
+        let mut per_wave = Vec::new();
+        for w in 0..WAVES {
+            wave(&store, &mut rx, &mut no, 1 + w * PER_WAVE, PER_WAVE).await;
+            if retention.is_some() && w > 0 {
+                // Every earlier wave is past the retention: wait until the
+                // background pruner has removed it.
+                let want = w * PER_WAVE;
+                tokio::time::timeout(Duration::from_secs(60), async {
+                    while pruned.borrow_and_update().downstream < want {
+                        pruned.changed().await.unwrap();
+                    }
+                })
+                .await
+                .expect("the earlier waves were not pruned");
+                assert_eq!(pruned.borrow().upstream, want / 5);
+            }
+            clock.advance(hour + Duration::from_millis(1));
+            per_wave.push(store_bytes(&path));
+        }
+        sizes.push(per_wave);
+    }
+    let (with, without) = (&sizes[0], &sizes[1]);
+    // Two waves of rows live at the peak from the third wave on.
+    let steady = with[2];
+    for (w, &b) in with.iter().enumerate().skip(3) {
+        assert!(
+            b <= steady + steady / 10,
+            "wave {}: {b} bytes, {steady} after wave 3 (all: {with:?})",
+            w + 1
+        );
+    }
+    assert!(
+        without[WAVES as usize - 1] > 2 * with[WAVES as usize - 1],
+        "without retention the files should keep growing: {without:?} vs {with:?}"
+    );
 }

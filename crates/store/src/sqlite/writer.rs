@@ -8,15 +8,19 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::apply::apply_batch;
+use super::prune::{PassResult, Pruner};
 use super::Marks;
+use crate::retention::Pruned;
 use crate::types::{batch_marks, Batch, Committed, Op};
 use rusqlite::{params, Connection};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 /// Most batches that share one transaction.
 const MAX_GROUP: usize = 512;
@@ -27,6 +31,9 @@ pub(crate) enum ToWriter {
     Batch(Batch),
     /// The syncer made this many commits durable.
     Synced(usize),
+    /// Run a prune pass now; answer with what it removed once it is over
+    /// and committed.
+    Prune(oneshot::Sender<PassResult>),
     /// The last store handle is gone: commit, sync and stop.
     Stop,
 }
@@ -39,6 +46,7 @@ pub(crate) fn start(
     committed: UnboundedSender<Committed>,
     marks: Arc<Marks>,
     degraded: Arc<AtomicBool>,
+    pruner: Pruner,
 ) -> std::io::Result<mpsc::Sender<ToWriter>> {
     let (tx, rx) = mpsc::channel::<ToWriter>();
     let (sync_tx, sync_rx) = mpsc::channel::<Durable>();
@@ -49,7 +57,7 @@ pub(crate) fn start(
     let db_path = path.to_path_buf();
     std::thread::Builder::new()
         .name("gimmm-store".into())
-        .spawn(move || writer_loop(conn, &db_path, rx, sync_tx, &degraded))?;
+        .spawn(move || writer_loop(conn, &db_path, rx, sync_tx, &degraded, pruner))?;
     Ok(tx)
 }
 
@@ -125,6 +133,8 @@ struct Open {
     max_seq: u64,
     max_id: u64,
     started: Instant,
+    /// Rows prune steps deleted inside this transaction.
+    pruned: Pruned,
 }
 
 fn writer_loop(
@@ -133,6 +143,7 @@ fn writer_loop(
     rx: mpsc::Receiver<ToWriter>,
     to_sync: mpsc::Sender<Durable>,
     degraded: &AtomicBool,
+    mut pruner: Pruner,
 ) {
     let mut open: Option<Open> = None;
     // Commits handed to the syncer and not synced yet.
@@ -152,7 +163,13 @@ fn writer_loop(
             .is_some_and(|o| in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping);
         if commit_now {
             if let Some(o) = open.take() {
-                let d = commit(&mut conn, path, o, degraded);
+                let pruned = o.pruned;
+                let (d, ok) = commit(&mut conn, path, o, degraded, pruner.now_ms());
+                if ok {
+                    pruner.committed(pruned, false, false);
+                } else {
+                    pruner.rolled_back();
+                }
                 in_sync += 1;
                 if to_sync.send(d).is_err() {
                     return;
@@ -163,10 +180,56 @@ fn writer_loop(
         if stopping && open.is_none() && in_sync == 0 {
             return;
         }
-        let Ok(msg) = rx.recv() else { return };
+        // Retention: a prune step only when no message is waiting (see
+        // `prune`); otherwise block until a message comes or the next step
+        // is due.
+        let in_txn = open.is_some();
+        let msg = if stopping {
+            rx.recv().ok()
+        } else if pruner.wants_step(in_txn) {
+            match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let lost = match open.as_mut() {
+                        Some(o) => prune_in_open(&conn, o, &mut pruner).err(),
+                        None => {
+                            prune_alone(&conn, &mut pruner);
+                            None
+                        }
+                    };
+                    if let Some(e) = lost {
+                        // The error took the open transaction with it: as
+                        // when a batch fails to apply.
+                        let _ = conn.execute_batch("ROLLBACK");
+                        pruner.rolled_back();
+                        if let Some(o) = open.take() {
+                            let d =
+                                refuse_inserts(&mut conn, path, o, &e, degraded, pruner.now_ms());
+                            in_sync += 1;
+                            if to_sync.send(d).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match pruner.wait(in_txn) {
+                Some(d) => match rx.recv_timeout(d) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+                None => rx.recv().ok(),
+            }
+        };
+        let Some(msg) = msg else { return };
         match msg {
             ToWriter::Synced(n) => in_sync = in_sync.saturating_sub(n),
             ToWriter::Stop => stopping = true,
+            ToWriter::Prune(tx) => pruner.request(tx),
             ToWriter::Batch(b) => {
                 let o = open.get_or_insert_with(|| Open {
                     batches: Vec::new(),
@@ -174,23 +237,27 @@ fn writer_loop(
                     max_seq: 0,
                     max_id: 0,
                     started: Instant::now(),
+                    pruned: Pruned::default(),
                 });
                 let (id, seq) = batch_marks(&b);
                 o.max_id = o.max_id.max(id);
                 o.max_seq = o.max_seq.max(seq);
+                let now = pruner.now_ms();
                 let applied = if o.batches.is_empty() {
                     conn.execute_batch("BEGIN IMMEDIATE")
-                        .and_then(|_| apply_batch(&conn, &b, false))
+                        .and_then(|_| apply_batch(&conn, &b, false, now))
                 } else {
-                    apply_batch(&conn, &b, false)
+                    apply_batch(&conn, &b, false, now)
                 };
                 o.batches.push(b);
                 match applied {
                     Ok(d) => o.dups.push(d),
                     Err(e) => {
                         let _ = conn.execute_batch("ROLLBACK");
+                        pruner.rolled_back();
                         if let Some(o) = open.take() {
-                            let d = refuse_inserts(&mut conn, path, o, &e, degraded);
+                            let d =
+                                refuse_inserts(&mut conn, path, o, &e, degraded, pruner.now_ms());
                             in_sync += 1;
                             if to_sync.send(d).is_err() {
                                 return;
@@ -213,13 +280,62 @@ fn bump_next_seq(conn: &Connection, max_seq: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Commits the open transaction (no fsync: the syncer does that).
-fn commit(conn: &mut Connection, path: &Path, o: Open, degraded: &AtomicBool) -> Durable {
+/// A prune step inside the open transaction, in a savepoint so that a
+/// failing step leaves the batches applied. `Err` only when the error
+/// rolled back the whole transaction (SQLite does for I/O errors and a full
+/// disk).
+fn prune_in_open(conn: &Connection, o: &mut Open, pruner: &mut Pruner) -> rusqlite::Result<()> {
+    let r = conn
+        .execute_batch("SAVEPOINT prune")
+        .and_then(|_| pruner.step(conn))
+        .and_then(|s| conn.execute_batch("RELEASE prune").map(|_| s));
+    match r {
+        Ok(s) => {
+            o.pruned.add(s.pruned);
+            Ok(())
+        }
+        Err(e) if conn.is_autocommit() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "store: a prune step failed; trying again later");
+            conn.execute_batch("ROLLBACK TO prune; RELEASE prune")
+        }
+    }
+}
+
+/// A prune step as a transaction of its own, committed without an fsync
+/// (losing it in a crash only means doing it again).
+fn prune_alone(conn: &Connection, pruner: &mut Pruner) {
+    let r = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .and_then(|_| pruner.step(conn))
+        .and_then(|s| conn.execute_batch("COMMIT").map(|_| s));
+    match r {
+        Ok(s) => pruner.committed(s.pruned, true, !s.more),
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            tracing::warn!(error = %e, "store: a prune step failed; trying again later");
+            pruner.failed(&e);
+        }
+    }
+}
+
+/// Commits the open transaction (no fsync: the syncer does that). The flag
+/// is false when the commit failed and the batches were applied again
+/// without their new messages.
+fn commit(
+    conn: &mut Connection,
+    path: &Path,
+    o: Open,
+    degraded: &AtomicBool,
+    now: i64,
+) -> (Durable, bool) {
     let res = bump_next_seq(conn, o.max_seq).and_then(|_| conn.execute_batch("COMMIT"));
     match res {
         Ok(()) => {
             let n = o.batches.len();
-            Durable {
+            let d = Durable {
                 outcomes: o
                     .batches
                     .iter()
@@ -235,11 +351,12 @@ fn commit(conn: &mut Connection, path: &Path, o: Open, degraded: &AtomicBool) ->
                 max_id: o.max_id,
                 max_seq: o.max_seq,
                 started: o.started,
-            }
+            };
+            (d, true)
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            refuse_inserts(conn, path, o, &e, degraded)
+            (refuse_inserts(conn, path, o, &e, degraded, now), false)
         }
     }
 }
@@ -253,6 +370,7 @@ fn refuse_inserts(
     o: Open,
     e: &rusqlite::Error,
     degraded: &AtomicBool,
+    now: i64,
 ) -> Durable {
     // While this lasts the engine refuses new messages at once instead of
     // queueing them behind the stuck write.
@@ -273,7 +391,7 @@ fn refuse_inserts(
         .collect();
     let mut delay = Duration::from_millis(50);
     loop {
-        match apply_all(conn, &o.batches) {
+        match apply_all(conn, &o.batches, now) {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "store still failing; retrying");
@@ -307,11 +425,11 @@ fn refuse_inserts(
 
 /// Applies the batches without their new messages in one transaction and
 /// commits.
-fn apply_all(conn: &mut Connection, group: &[Batch]) -> rusqlite::Result<()> {
+fn apply_all(conn: &mut Connection, group: &[Batch], now: i64) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut max_seq = 0u64;
     for b in group {
-        apply_batch(&tx, b, true)?;
+        apply_batch(&tx, b, true, now)?;
         max_seq = max_seq.max(batch_marks(b).1);
     }
     bump_next_seq(&tx, max_seq)?;
