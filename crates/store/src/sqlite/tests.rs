@@ -413,3 +413,46 @@ async fn files_stay_flat_over_waves_with_retention() {
         "without retention the files should keep growing: {without:?} vs {with:?}"
     );
 }
+
+/// After a burst has grown the WAL far beyond its usual size, the file is
+/// cut back to [`WAL_SIZE_LIMIT`] once it restarts (`journal_size_limit`),
+/// instead of staying at its high-water mark.
+#[tokio::test]
+async fn the_wal_is_cut_back_after_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let (tx, mut rx) = unbounded_channel();
+    let (store, _) = SqliteStore::open(&path, tx).unwrap();
+    let wal = || {
+        std::fs::metadata(dir.path().join("g.db-wal"))
+            .unwrap()
+            .len()
+    };
+    // One batch of ~30 MiB: a single transaction, all of it in the WAL.
+    let pad = "x".repeat(600);
+    let big: Vec<Op> = (1..=50_000u64)
+        .map(|i| match new_msg(i, "s", &format!("m{i}")) {
+            Op::InsertDownstream(mut n) => {
+                n.body = format!(r#"{{"to":"t","pad":"{pad}"}}"#);
+                Op::InsertDownstream(n)
+            }
+            op => op,
+        })
+        .collect();
+    commit(&store, &mut rx, 1, big).await;
+    let high = wal();
+    assert!(
+        high > 2 * WAL_SIZE_LIMIT as u64,
+        "the burst left {high} bytes"
+    );
+    // The commit checkpointed it (auto-checkpoint); the next commits
+    // restart the WAL from its start, and the first of them truncates it.
+    for no in 2..=4 {
+        commit(&store, &mut rx, no, vec![new_msg(100_000 + no, "s", "x")]).await;
+    }
+    let after = wal();
+    assert!(
+        after <= WAL_SIZE_LIMIT as u64,
+        "WAL still {after} bytes after the burst ({high} at its peak)"
+    );
+}
