@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p store --example space_reuse -- \
 //!     [--mode reuse|incremental|off] [--waves 20] [--per-wave 50000] \
-//!     [--no-reader] [--dir DIR]
+//!     [--no-reader] [--dir DIR] [--prune-batch 128]
 //! ```
 //!
 //! Each wave runs `--per-wave` messages through the store the way the
@@ -44,6 +44,7 @@ struct Args {
     per_wave: u64,
     reader: bool,
     dir: Option<PathBuf>,
+    prune_batch: usize,
 }
 
 fn args() -> Args {
@@ -53,6 +54,7 @@ fn args() -> Args {
         per_wave: 50_000,
         reader: true,
         dir: None,
+        prune_batch: StoreOptions::default().prune_batch,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -62,6 +64,7 @@ fn args() -> Args {
             "--waves" => a.waves = v().parse().expect("--waves"),
             "--per-wave" => a.per_wave = v().parse().expect("--per-wave"),
             "--no-reader" => a.reader = false,
+            "--prune-batch" => a.prune_batch = v().parse().expect("--prune-batch"),
             "--dir" => a.dir = Some(v().into()),
             other => panic!("unknown flag {other}"),
         }
@@ -75,6 +78,16 @@ fn args() -> Args {
 
 fn size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// CPU time (user + system) of this process so far, in seconds.
+fn cpu_secs() -> f64 {
+    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = text.rsplit_once(')').map(|r| r.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime, in clock ticks (100 per second on Linux).
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn mib(b: u64) -> f64 {
@@ -205,7 +218,7 @@ async fn main() {
             // Look again soon after a pass (1 s by default): the wave's
             // time is then the work, not the pruner's schedule.
             prune_interval: Duration::from_millis(10),
-            ..StoreOptions::default()
+            prune_batch: a.prune_batch,
         },
     )
     .unwrap();
@@ -253,11 +266,12 @@ async fn main() {
         "mode {} reader {} per wave {} (+{} upstream ids)",
         a.mode, a.reader, a.per_wave, per_wave_up
     );
-    println!("wave   secs  msg/s   db MiB  wal MiB  pages  free  pruned rows");
+    println!("wave   secs  msg/s  cpu µs/msg  db MiB  wal MiB  pages  free  pruned rows");
     let mut pruned_rx = store.pruned();
     let mut first_total = 0;
     for w in 1..=a.waves {
         let t = Instant::now();
+        let cpu0 = cpu_secs();
         let mut left = a.per_wave;
         while left > 0 {
             let n = left.min(BATCH);
@@ -280,6 +294,7 @@ async fn main() {
             .expect("pruning did not keep up");
         }
         let secs = t.elapsed().as_secs_f64();
+        let cpu_us = (cpu_secs() - cpu0) * 1e6 / a.per_wave as f64;
         clock.advance(HOUR + Duration::from_millis(1));
         let r =
             Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
@@ -293,7 +308,7 @@ async fn main() {
             first_total = total;
         }
         println!(
-            "{w:>4} {secs:>6.2} {:>6.0} {:>8.1} {:>8.1} {pages:>6} {free:>5} {}",
+            "{w:>4} {secs:>6.2} {:>6.0} {cpu_us:>11.2} {:>7.1} {:>8.1} {pages:>6} {free:>5} {}",
             a.per_wave as f64 / secs,
             mib(size(&path)),
             mib(size(&wal)),

@@ -12,9 +12,17 @@
 //!   running) the step joins that transaction inside a savepoint: this is
 //!   time the writer would spend blocked anyway, and the deletes ride on the
 //!   group's commit and fsync;
-//! * with none open, the step is a transaction of its own, committed without
-//!   an fsync: a prune lost in a crash is simply done again, and the next
-//!   group's fsync of the WAL covers it.
+//! * with none open, the step opens a transaction. Further steps join it
+//!   while the writer stays idle; a batch that arrives joins it too and it
+//!   becomes an ordinary group. A transaction of prune steps alone is
+//!   committed, without an fsync, when its pass is over or after
+//!   [`PRUNE_STEPS_PER_TXN`] steps: a prune lost in a crash is simply done
+//!   again, and the next group's fsync of the WAL covers it.
+//!
+//! One transaction holds at most [`PRUNE_STEPS_PER_TXN`] steps: committing
+//! each step alone was measured to cost twice the CPU per pruned row
+//! (every commit rewrites the same index and free-list pages into the WAL),
+//! while a group's commit stays small enough not to delay its fsync much.
 //!
 //! A step that found a full batch is followed by the next as soon as the
 //! writer is idle again; one that found less ends the pass, and the next
@@ -71,6 +79,9 @@ pub(crate) fn step(conn: &Connection, cutoff: i64, batch: usize) -> rusqlite::Re
     })
 }
 
+/// Most prune steps in one transaction (see the module docs).
+pub(crate) const PRUNE_STEPS_PER_TXN: usize = 8;
+
 /// What one step did.
 pub(crate) struct Step {
     pub(crate) pruned: Pruned,
@@ -95,8 +106,8 @@ pub(crate) struct Pruner {
     clock: Clock,
     /// When the next step is due (`None`: retention is off).
     due: Option<Instant>,
-    /// `prune_now` callers: answered when a step in a transaction of its
-    /// own finds nothing more to delete.
+    /// `prune_now` callers: answered when a transaction whose last step
+    /// found nothing more to delete has committed.
     waiters: Vec<Waiter>,
     totals: watch::Sender<Pruned>,
 }
@@ -136,23 +147,14 @@ impl Pruner {
         self.due = Some(Instant::now());
     }
 
-    /// Whether a step should run now, with a transaction open or not.
-    /// Callers waiting for a whole pass are served by steps of their own
-    /// transaction only (their answer must follow a commit).
-    pub(crate) fn wants_step(&self, in_open_txn: bool) -> bool {
-        if in_open_txn && !self.waiters.is_empty() {
-            return false;
-        }
+    /// Whether a step is due.
+    pub(crate) fn wants_step(&self) -> bool {
         self.due.is_some_and(|d| d <= Instant::now())
     }
 
     /// How long the writer may block before the next step is due (`None`:
-    /// until a message comes). Callers waiting for a pass with a
-    /// transaction open wait for its commit, which a message brings.
-    pub(crate) fn wait(&self, in_open_txn: bool) -> Option<Duration> {
-        if in_open_txn && !self.waiters.is_empty() {
-            return None;
-        }
+    /// until a message comes).
+    pub(crate) fn wait(&self) -> Option<Duration> {
         self.due
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
@@ -177,15 +179,11 @@ impl Pruner {
         r
     }
 
-    /// Steps of a transaction that committed: counted in the totals, and
-    /// when `own_txn`, for the waiting callers (answered when the pass is
-    /// over).
-    pub(crate) fn committed(&mut self, pruned: Pruned, own_txn: bool, pass_over: bool) {
+    /// Steps of a transaction that committed: counted in the totals and
+    /// for the waiting callers, who are answered when the pass is over.
+    pub(crate) fn committed(&mut self, pruned: Pruned, pass_over: bool) {
         if pruned != Pruned::default() {
             self.totals.send_modify(|t| t.add(pruned));
-        }
-        if !own_txn {
-            return;
         }
         for w in &mut self.waiters {
             w.so_far.add(pruned);

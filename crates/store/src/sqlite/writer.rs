@@ -8,7 +8,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::apply::apply_batch;
-use super::prune::{PassResult, Pruner};
+use super::prune::{PassResult, Pruner, PRUNE_STEPS_PER_TXN};
 use super::Marks;
 use crate::retention::Pruned;
 use crate::types::{batch_marks, Batch, Committed, Op};
@@ -125,7 +125,9 @@ struct Durable {
     started: Instant,
 }
 
-/// The open transaction: batches applied so far.
+/// The open transaction: batches applied so far, and prune steps. A
+/// transaction of prune steps only (no batch yet) is committed without the
+/// syncer; as soon as a batch joins, it is a group like any other.
 struct Open {
     batches: Vec<Batch>,
     /// Per batch: duplicate inserts, repeated upstream outbox seqs.
@@ -135,6 +137,25 @@ struct Open {
     started: Instant,
     /// Rows prune steps deleted inside this transaction.
     pruned: Pruned,
+    /// Prune steps run inside it.
+    prune_steps: usize,
+    /// Its last prune step found nothing more to delete.
+    pass_over: bool,
+}
+
+impl Open {
+    fn new() -> Open {
+        Open {
+            batches: Vec::new(),
+            dups: Vec::new(),
+            max_seq: 0,
+            max_id: 0,
+            started: Instant::now(),
+            pruned: Pruned::default(),
+            prune_steps: 0,
+            pass_over: false,
+        }
+    }
 }
 
 fn writer_loop(
@@ -158,15 +179,15 @@ fn writer_loop(
         // here instead when idle was measured: it puts the apply time of
         // the batches that arrived during the flush on the critical path,
         // +0.3 ms median latency at 10k msg/s.)
-        let commit_now = open
-            .as_ref()
-            .is_some_and(|o| in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping);
+        let commit_now = open.as_ref().is_some_and(|o| {
+            !o.batches.is_empty() && (in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping)
+        });
         if commit_now {
             if let Some(o) = open.take() {
-                let pruned = o.pruned;
+                let (pruned, pass_over) = (o.pruned, o.pass_over);
                 let (d, ok) = commit(&mut conn, path, o, degraded, pruner.now_ms());
                 if ok {
-                    pruner.committed(pruned, false, false);
+                    pruner.committed(pruned, pass_over);
                 } else {
                     pruner.rolled_back();
                 }
@@ -177,33 +198,54 @@ fn writer_loop(
             }
             continue;
         }
+        // Prune steps alone: committed when their pass is over, when they
+        // are many, or when stopping — without an fsync (a prune lost in a
+        // crash is done again; the next group's fsync covers it).
+        let prune_only_done = open.as_ref().is_some_and(|o| {
+            o.batches.is_empty()
+                && (o.pass_over || o.prune_steps >= PRUNE_STEPS_PER_TXN || stopping)
+        });
+        if prune_only_done {
+            if let Some(o) = open.take() {
+                commit_prune_only(&conn, o, &mut pruner);
+            }
+            continue;
+        }
         if stopping && open.is_none() && in_sync == 0 {
             return;
         }
         // Retention: a prune step only when no message is waiting (see
         // `prune`); otherwise block until a message comes or the next step
         // is due.
-        let in_txn = open.is_some();
+        let capped = open
+            .as_ref()
+            .is_some_and(|o| o.prune_steps >= PRUNE_STEPS_PER_TXN);
         let msg = if stopping {
             rx.recv().ok()
-        } else if pruner.wants_step(in_txn) {
+        } else if !capped && pruner.wants_step() {
             match rx.try_recv() {
                 Ok(m) => Some(m),
                 Err(TryRecvError::Disconnected) => None,
                 Err(TryRecvError::Empty) => {
-                    let lost = match open.as_mut() {
-                        Some(o) => prune_in_open(&conn, o, &mut pruner).err(),
-                        None => {
-                            prune_alone(&conn, &mut pruner);
-                            None
+                    if open.is_none() {
+                        match conn.execute_batch("BEGIN IMMEDIATE") {
+                            Ok(()) => open = Some(Open::new()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "store: cannot start pruning; trying again later");
+                                pruner.failed(&e);
+                                continue;
+                            }
                         }
-                    };
+                    }
+                    let lost = open
+                        .as_mut()
+                        .and_then(|o| prune_in_open(&conn, o, &mut pruner).err());
                     if let Some(e) = lost {
                         // The error took the open transaction with it: as
                         // when a batch fails to apply.
                         let _ = conn.execute_batch("ROLLBACK");
-                        pruner.rolled_back();
-                        if let Some(o) = open.take() {
+                        pruner.failed(&e);
+                        if let Some(o) = open.take().filter(|o| !o.batches.is_empty()) {
                             let d =
                                 refuse_inserts(&mut conn, path, o, &e, degraded, pruner.now_ms());
                             in_sync += 1;
@@ -216,12 +258,13 @@ fn writer_loop(
                 }
             }
         } else {
-            match pruner.wait(in_txn) {
+            match pruner.wait().filter(|_| !capped) {
                 Some(d) => match rx.recv_timeout(d) {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => None,
                 },
+                // Capped: the group's commit (a Synced message) comes first.
                 None => rx.recv().ok(),
             }
         };
@@ -229,21 +272,21 @@ fn writer_loop(
         match msg {
             ToWriter::Synced(n) => in_sync = in_sync.saturating_sub(n),
             ToWriter::Stop => stopping = true,
-            ToWriter::Prune(tx) => pruner.request(tx),
+            ToWriter::Prune(tx) => {
+                pruner.request(tx);
+                // The answer must come from a step run after the request.
+                if let Some(o) = open.as_mut() {
+                    o.pass_over = false;
+                }
+            }
             ToWriter::Batch(b) => {
-                let o = open.get_or_insert_with(|| Open {
-                    batches: Vec::new(),
-                    dups: Vec::new(),
-                    max_seq: 0,
-                    max_id: 0,
-                    started: Instant::now(),
-                    pruned: Pruned::default(),
-                });
+                let fresh = open.is_none();
+                let o = open.get_or_insert_with(Open::new);
                 let (id, seq) = batch_marks(&b);
                 o.max_id = o.max_id.max(id);
                 o.max_seq = o.max_seq.max(seq);
                 let now = pruner.now_ms();
-                let applied = if o.batches.is_empty() {
+                let applied = if fresh {
                     conn.execute_batch("BEGIN IMMEDIATE")
                         .and_then(|_| apply_batch(&conn, &b, false, now))
                 } else {
@@ -289,33 +332,34 @@ fn prune_in_open(conn: &Connection, o: &mut Open, pruner: &mut Pruner) -> rusqli
         .execute_batch("SAVEPOINT prune")
         .and_then(|_| pruner.step(conn))
         .and_then(|s| conn.execute_batch("RELEASE prune").map(|_| s));
+    o.prune_steps += 1;
     match r {
         Ok(s) => {
             o.pruned.add(s.pruned);
+            o.pass_over = !s.more;
             Ok(())
         }
         Err(e) if conn.is_autocommit() => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "store: a prune step failed; trying again later");
+            pruner.failed(&e);
+            // This pass is over (its callers have the error); what earlier
+            // steps deleted is committed with the transaction.
+            o.pass_over = true;
             conn.execute_batch("ROLLBACK TO prune; RELEASE prune")
         }
     }
 }
 
-/// A prune step as a transaction of its own, committed without an fsync
-/// (losing it in a crash only means doing it again).
-fn prune_alone(conn: &Connection, pruner: &mut Pruner) {
-    let r = conn
-        .execute_batch("BEGIN IMMEDIATE")
-        .and_then(|_| pruner.step(conn))
-        .and_then(|s| conn.execute_batch("COMMIT").map(|_| s));
-    match r {
-        Ok(s) => pruner.committed(s.pruned, true, !s.more),
+/// Commits a transaction of prune steps only, without an fsync.
+fn commit_prune_only(conn: &Connection, o: Open, pruner: &mut Pruner) {
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => pruner.committed(o.pruned, o.pass_over),
         Err(e) => {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
-            tracing::warn!(error = %e, "store: a prune step failed; trying again later");
+            tracing::warn!(error = %e, "store: committing pruned rows failed; trying again later");
             pruner.failed(&e);
         }
     }
