@@ -62,6 +62,7 @@ macro_rules! conformance_tests {
             retention_prunes_old_finished_rows_and_upstream_ids,
             retention_off_keeps_everything,
             pruning_runs_in_the_background,
+            a_message_queued_past_the_retention_is_pruned_after_its_result,
             pruned_row_ids_are_not_reused);
     };
     (@each $make:expr; $($name:ident),*) => {
@@ -611,6 +612,55 @@ pub async fn pruning_runs_in_the_background(h: &mut dyn Harness) {
     no += 1;
     let c = commit(&mut o, no, vec![insert(1000, "s", "m1")]).await;
     assert!(c.duplicates.is_empty(), "m1 was pruned: it is new again");
+}
+
+/// A message still queued when it is older than the retention is kept;
+/// its row is pruned a retention after its final result, like any other.
+pub async fn a_message_queued_past_the_retention_is_pruned_after_its_result(h: &mut dyn Harness) {
+    let clock = Clock::manual(T0);
+    let mut o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+    commit(
+        &mut o,
+        1,
+        vec![
+            insert(1, "s", "late"),
+            insert(2, "s", "early"),
+            insert(3, "s", "queued"),
+        ],
+    )
+    .await;
+    commit(&mut o, 2, vec![Op::FinishDownstream { id: 2 }]).await;
+    clock.advance(2 * HOUR);
+    prune_now(&o).await;
+    assert_eq!(o.store.pruned().borrow().downstream, 1);
+    commit(&mut o, 3, vec![Op::FinishDownstream { id: 1 }]).await;
+    prune_now(&o).await;
+    assert_eq!(
+        o.store.pruned().borrow().downstream,
+        1,
+        "finished just now: kept"
+    );
+    let c = commit(&mut o, 4, vec![insert(4, "s", "late")]).await;
+    assert_eq!(c.duplicates, vec![4]);
+    clock.advance(2 * HOUR);
+    prune_now(&o).await;
+    assert_eq!(o.store.pruned().borrow().downstream, 2);
+    let c = commit(
+        &mut o,
+        5,
+        vec![insert(5, "s", "late"), insert(6, "s", "queued")],
+    )
+    .await;
+    assert_eq!(c.duplicates, vec![6], "the queued one is still there");
+    let queued: Vec<u64> = o
+        .store
+        .load_queued(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(queued, vec![3, 5]);
 }
 
 /// Row ids stay above every id handed out, even when pruning deleted the

@@ -201,7 +201,14 @@ impl SqliteStore {
 
         let degraded = Arc::new(AtomicBool::new(false));
         let (totals, pruned) = watch::channel(Pruned::default());
-        let pruner = prune::Pruner::new(&options, totals);
+        let cursor: i64 = w
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'prune_cursor'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql(path))?;
+        let pruner = prune::Pruner::new(&options, totals, cursor);
         let tx = writer::start(
             w,
             path,

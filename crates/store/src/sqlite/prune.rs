@@ -2,9 +2,18 @@
 //! and when the writer thread runs them.
 //!
 //! A **step** deletes at most `prune_batch` finished downstream rows and as
-//! many upstream ids older than the retention, the oldest first, through
-//! the partial index on `downstream(done_at)` and the index on
-//! `upstream_seen(at)` (migration 0004). The writer runs a step only when
+//! many upstream ids older than the retention, walking both tables in key
+//! order, which is the order rows age in: row ids are handed out in order
+//! and messages finish roughly in that order; upstream ids are appended.
+//! No index on the ages is kept (migration 0004): it cost a b-tree write on
+//! every final result and another on every prune. The walk over
+//! `downstream` keeps its place (`meta.prune_cursor`), deletes the finished
+//! rows it passes in one range delete, and stops at the first row that is
+//! not old yet: finished within the retention, or queued and accepted
+//! within it. A row queued for longer than the retention is passed (queued
+//! rows are never pruned); when it is finished it is put on the
+//! `prune_late` list, and pruned from there a retention later; upstream
+//! ids are deleted as the prefix of their table. The writer runs a step only when
 //! no message is waiting on its channel, so a batch never queues behind
 //! pruning for longer than one step, and never while stopping or degraded:
 //!
@@ -39,43 +48,126 @@ use rusqlite::{params, Connection};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-pub(crate) const SQL_PRUNE_DOWNSTREAM: &str = "DELETE FROM downstream WHERE id IN
-     (SELECT id FROM downstream WHERE state = 1 AND done_at < ?1 ORDER BY done_at LIMIT ?2)
-     RETURNING id";
-pub(crate) const SQL_PRUNE_UPSTREAM: &str = "DELETE FROM upstream_seen WHERE rowid IN
-     (SELECT rowid FROM upstream_seen WHERE at < ?1 ORDER BY at LIMIT ?2)";
-/// Keeps row ids from being reused after the highest rows were pruned.
-const SQL_KEEP_NEXT_ID: &str = "UPDATE meta SET value = max(value, ?1) WHERE key = 'next_id'";
+/// The walk over `downstream`: the rows after the cursor, in id order.
+pub(crate) const SQL_WALK_DOWNSTREAM: &str =
+    "SELECT id, state, done_at, accepted_at FROM downstream WHERE id > ?1 ORDER BY id LIMIT ?2";
+/// Deletes the finished rows the walk passed; queued ones stay.
+const SQL_DELETE_WALKED: &str = "DELETE FROM downstream WHERE id > ?1 AND id <= ?2 AND state = 1";
+/// Records the cursor, and keeps row ids above it (never reused).
+const SQL_MOVE_CURSOR: &str = "UPDATE meta SET value =
+     CASE key WHEN 'prune_cursor' THEN ?1 ELSE max(value, ?1 + 1) END
+     WHERE key IN ('prune_cursor', 'next_id')";
+/// Rows finished after the walk passed them, oldest first (their row may
+/// be gone only if something else deleted it: then the entry goes too).
+pub(crate) const SQL_WALK_LATE: &str = "SELECT l.id, d.state, d.done_at FROM prune_late l
+     LEFT JOIN downstream d ON d.id = l.id ORDER BY l.id LIMIT ?1";
+const SQL_DELETE_LATE: &str = "DELETE FROM prune_late WHERE id = ?1";
+const SQL_DELETE_ROW: &str = "DELETE FROM downstream WHERE id = ?1";
+/// Upstream ids in the order they were recorded (appended: rowid order).
+pub(crate) const SQL_WALK_UPSTREAM: &str =
+    "SELECT rowid, at FROM upstream_seen ORDER BY rowid LIMIT ?1";
+const SQL_DELETE_UPSTREAM: &str = "DELETE FROM upstream_seen WHERE rowid <= ?1";
+
+/// Whether a finished row (`done_at`, Unix ms) is past `cutoff`. A row
+/// without the time (none should exist after migration 0004) counts as old
+/// rather than holding the walk up for ever.
+fn is_old(done_at: Option<i64>, cutoff: i64) -> bool {
+    done_at.is_none_or(|d| d < cutoff)
+}
 
 /// One step in the current transaction: what is older than `cutoff`
-/// (Unix ms), at most `batch` rows of each table. Also reports whether a
-/// table had a full batch (there may be more).
-pub(crate) fn step(conn: &Connection, cutoff: i64, batch: usize) -> rusqlite::Result<Step> {
+/// (Unix ms), at most `batch` rows of each table, in key order; the walk
+/// over `downstream` starts after `cursor`. A finished row that is not old
+/// yet ends the walk (the rows after it finished later, as a rule), and so
+/// does a queued row accepted after the cutoff (it will most likely be
+/// finished soon, and walked then). A row queued for longer than the
+/// retention is passed, and listed in `prune_late` when it is finished
+/// (see the apply of `FinishDownstream`).
+pub(crate) fn step(
+    conn: &Connection,
+    cutoff: i64,
+    batch: usize,
+    cursor: i64,
+) -> rusqlite::Result<Step> {
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);
-    let (mut down, mut max_id) = (0usize, 0i64);
+    let mut pruned = Pruned::default();
+    // Downstream, in id order from the cursor.
+    let (mut seen, mut stopped, mut to) = (0usize, false, cursor);
     {
-        let mut st = conn.prepare_cached(SQL_PRUNE_DOWNSTREAM)?;
-        let mut rows = st.query(params![cutoff, limit])?;
+        let mut st = conn.prepare_cached(SQL_WALK_DOWNSTREAM)?;
+        let mut rows = st.query(params![cursor, limit])?;
         while let Some(r) = rows.next()? {
-            down += 1;
-            max_id = max_id.max(r.get(0)?);
+            seen += 1;
+            let (id, state, done_at, accepted_at): (i64, i64, Option<i64>, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let old = if state == 0 {
+                accepted_at < cutoff
+            } else {
+                is_old(done_at, cutoff)
+            };
+            if !old {
+                stopped = true;
+                break;
+            }
+            to = id;
         }
     }
-    if down > 0 {
-        // Nothing is written when nothing was pruned (an idle store's
-        // passes touch no page).
-        conn.prepare_cached(SQL_KEEP_NEXT_ID)?
-            .execute(params![max_id + 1])?;
+    if to > cursor {
+        pruned.downstream += conn
+            .prepare_cached(SQL_DELETE_WALKED)?
+            .execute(params![cursor, to])? as u64;
+        conn.prepare_cached(SQL_MOVE_CURSOR)?.execute(params![to])?;
     }
-    let up = conn
-        .prepare_cached(SQL_PRUNE_UPSTREAM)?
-        .execute(params![cutoff, limit])?;
+    let more_walk = seen == batch && !stopped;
+    // Rows the walk passed while they were queued, finished since.
+    let mut late = Vec::new();
+    let mut late_seen = 0usize;
+    {
+        let mut st = conn.prepare_cached(SQL_WALK_LATE)?;
+        let mut rows = st.query(params![limit])?;
+        while let Some(r) = rows.next()? {
+            late_seen += 1;
+            let (id, state, done_at): (i64, Option<i64>, Option<i64>) =
+                (r.get(0)?, r.get(1)?, r.get(2)?);
+            match state {
+                None => late.push((id, false)),
+                Some(0) => {}
+                Some(_) if is_old(done_at, cutoff) => late.push((id, true)),
+                // Finished recently: the ones after it finished later.
+                Some(_) => break,
+            }
+        }
+    }
+    for (id, has_row) in &late {
+        if *has_row {
+            pruned.downstream += conn.prepare_cached(SQL_DELETE_ROW)?.execute(params![id])? as u64;
+        }
+        conn.prepare_cached(SQL_DELETE_LATE)?.execute(params![id])?;
+    }
+    let more_late = late_seen == batch && late.len() == batch;
+    // Upstream ids, oldest first.
+    let (mut up_seen, mut up_to) = (0usize, None);
+    {
+        let mut st = conn.prepare_cached(SQL_WALK_UPSTREAM)?;
+        let mut rows = st.query(params![limit])?;
+        while let Some(r) = rows.next()? {
+            let (rowid, at): (i64, i64) = (r.get(0)?, r.get(1)?);
+            if at >= cutoff {
+                break;
+            }
+            up_seen += 1;
+            up_to = Some(rowid);
+        }
+    }
+    if let Some(to) = up_to {
+        pruned.upstream += conn
+            .prepare_cached(SQL_DELETE_UPSTREAM)?
+            .execute(params![to])? as u64;
+    }
     Ok(Step {
-        pruned: Pruned {
-            downstream: down as u64,
-            upstream: up as u64,
-        },
-        more: down >= batch || up >= batch,
+        pruned,
+        more: more_walk || more_late || up_seen == batch,
+        cursor: to,
     })
 }
 
@@ -86,6 +178,8 @@ pub(crate) const PRUNE_STEPS_PER_TXN: usize = 8;
 pub(crate) struct Step {
     pub(crate) pruned: Pruned,
     pub(crate) more: bool,
+    /// Where the walk over `downstream` stopped.
+    pub(crate) cursor: i64,
 }
 
 /// What a `prune_now` caller is answered: what its pass removed, or why a
@@ -106,6 +200,10 @@ pub(crate) struct Pruner {
     clock: Clock,
     /// When the next step is due (`None`: retention is off).
     due: Option<Instant>,
+    /// The walk's place: the last row id it passed, in the open transaction
+    /// and as committed (a rollback returns to that).
+    cursor: i64,
+    committed_cursor: i64,
     /// `prune_now` callers: answered when a transaction whose last step
     /// found nothing more to delete has committed.
     waiters: Vec<Waiter>,
@@ -113,7 +211,8 @@ pub(crate) struct Pruner {
 }
 
 impl Pruner {
-    pub(crate) fn new(opts: &StoreOptions, totals: watch::Sender<Pruned>) -> Pruner {
+    /// `cursor` is `meta.prune_cursor` as the store was opened with.
+    pub(crate) fn new(opts: &StoreOptions, totals: watch::Sender<Pruned>, cursor: i64) -> Pruner {
         let retention_ms = opts.retention_ms();
         Pruner {
             retention_ms,
@@ -123,6 +222,8 @@ impl Pruner {
             // The first pass right after the open: a gateway that was down
             // for a while has old rows to drop.
             due: retention_ms.map(|_| Instant::now()),
+            cursor,
+            committed_cursor: cursor,
             waiters: Vec::new(),
             totals,
         }
@@ -131,6 +232,12 @@ impl Pruner {
     /// The clock rows are stamped with.
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Rows up to this id were passed by the walk: one of them finished now
+    /// goes on the late list.
+    pub(crate) fn late_below(&self) -> i64 {
+        self.cursor
     }
 
     /// A `prune_now` request: a pass starts at once. Without retention
@@ -166,10 +273,14 @@ impl Pruner {
             return Ok(Step {
                 pruned: Pruned::default(),
                 more: false,
+                cursor: self.cursor,
             });
         };
         let cutoff = self.clock.now_ms().saturating_sub(retention);
-        let r = step(conn, cutoff, self.batch);
+        let r = step(conn, cutoff, self.batch, self.cursor);
+        if let Ok(s) = &r {
+            self.cursor = s.cursor;
+        }
         self.due = Some(match &r {
             Ok(s) if s.more => Instant::now(),
             // Done for now, or failed (the cause is logged by the caller):
@@ -182,6 +293,7 @@ impl Pruner {
     /// Steps of a transaction that committed: counted in the totals and
     /// for the waiting callers, who are answered when the pass is over.
     pub(crate) fn committed(&mut self, pruned: Pruned, pass_over: bool) {
+        self.committed_cursor = self.cursor;
         if pruned != Pruned::default() {
             self.totals.send_modify(|t| t.add(pruned));
         }
@@ -195,17 +307,24 @@ impl Pruner {
         }
     }
 
-    /// Steps whose transaction was rolled back: they are done again soon.
+    /// Steps whose transaction was rolled back: they are done again soon,
+    /// from where the walk was at the last commit.
     pub(crate) fn rolled_back(&mut self) {
+        self.cursor = self.committed_cursor;
         if self.retention_ms.is_some() {
             self.due = Some(Instant::now() + self.interval);
         }
     }
 
     /// A step of their pass failed: the waiting callers get the error (the
-    /// background pruner tries again later).
-    pub(crate) fn failed(&mut self, e: &rusqlite::Error) {
-        self.rolled_back();
+    /// background pruner tries again later). `txn_lost`: the whole
+    /// transaction went with it (else only the step, in its savepoint).
+    pub(crate) fn failed(&mut self, e: &rusqlite::Error, txn_lost: bool) {
+        if txn_lost {
+            self.rolled_back();
+        } else if self.retention_ms.is_some() {
+            self.due = Some(Instant::now() + self.interval);
+        }
         for w in self.waiters.drain(..) {
             let _ = w.tx.send(Err(e.to_string()));
         }

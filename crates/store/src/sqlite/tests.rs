@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::types::{now_ms, NewDownstream, Op};
+use apply::apply_batch;
 use tokio::sync::mpsc::unbounded_channel;
 
 fn new_msg(id: u64, session: &str, mid: &str) -> Op {
@@ -169,40 +170,54 @@ async fn marks_cover_what_a_previous_run_left() {
     assert_eq!(store.load_queued(0, 10).await.unwrap().len(), 1);
 }
 
-/// The prune statements go through their indexes (migration 0004), not a
-/// scan of the table: a step costs the rows it deletes, whatever the size
-/// of the store.
+/// The prune walks go in key order without sorting and without an index
+/// of their own: a step costs the rows it reads, whatever the size of the
+/// store.
 #[test]
-fn prune_statements_use_their_indexes() {
+fn prune_walks_follow_the_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Connection::open(dir.path().join("g.db")).unwrap();
     migrate::migrate(&mut c, dir.path()).unwrap();
-    let plan = |sql: &str| -> String {
+    let plan = |sql: &str, n: usize| -> String {
         let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let args: Vec<i64> = vec![0; n];
         let rows = st
-            .query_map(params![0i64, 10i64], |r| r.get::<_, String>(3))
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
             .unwrap();
         rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
     };
-    let down = plan(prune::SQL_PRUNE_DOWNSTREAM);
-    assert!(down.contains("INDEX downstream_done (done_at<?)"), "{down}");
-    let up = plan(prune::SQL_PRUNE_UPSTREAM);
-    assert!(up.contains("INDEX upstream_seen_at (at<?)"), "{up}");
-    assert!(!down.contains("SCAN downstream") && !up.contains("SCAN upstream_seen"));
+    let down = plan(prune::SQL_WALK_DOWNSTREAM, 2);
+    assert!(
+        down.contains("SEARCH downstream USING INTEGER PRIMARY KEY (rowid>?)"),
+        "{down}"
+    );
+    let late = plan(prune::SQL_WALK_LATE, 1);
+    assert!(
+        late.contains("SEARCH d USING INTEGER PRIMARY KEY (rowid=?)"),
+        "{late}"
+    );
+    let up = plan(prune::SQL_WALK_UPSTREAM, 1);
+    for p in [&down, &late, &up] {
+        assert!(!p.contains("TEMP B-TREE"), "sorts: {p}");
+    }
 }
 
-/// One step deletes at most `batch` rows of each table, the oldest first,
-/// and says when there may be more.
+/// One step deletes at most `batch` rows of each table, in key order: it
+/// passes queued rows, stops at the first finished row that is not old
+/// yet, and says when there may be more. A row it passed while queued is
+/// pruned from the late list once finished and old.
 #[test]
-fn a_prune_step_is_bounded() {
+fn a_prune_step_is_bounded_and_walks_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Connection::open(dir.path().join("g.db")).unwrap();
     migrate::migrate(&mut c, dir.path()).unwrap();
     for i in 1..=10i64 {
+        // Row 3 is still queued; the others finished at time i.
+        let (state, done_at) = if i == 3 { (0, None) } else { (1, Some(i)) };
         c.execute(
             "INSERT INTO downstream (id, session, message_id, expires_at, state, done_at)
-             VALUES (?1, 's', ?2, 0, 1, ?1)",
-            params![i, format!("m{i}")],
+             VALUES (?1, 's', ?2, 0, ?3, ?4)",
+            params![i, format!("m{i}"), state, done_at],
         )
         .unwrap();
         c.execute(
@@ -211,36 +226,62 @@ fn a_prune_step_is_bounded() {
         )
         .unwrap();
     }
-    // Queued rows are never pruned, however old.
+    // Row 11: queued, accepted at time 100.
     c.execute(
-        "INSERT INTO downstream (id, session, message_id, expires_at) VALUES (11, 's', 'q', 0)",
+        "INSERT INTO downstream (id, session, message_id, expires_at, accepted_at)
+         VALUES (11, 's', 'm11', 0, 100)",
         [],
     )
     .unwrap();
-    let s = prune::step(&c, 8, 4).unwrap();
+    let ids = |c: &Connection| -> Vec<i64> {
+        c.prepare("SELECT id FROM downstream ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    let s = prune::step(&c, 8, 4, 0).unwrap();
     assert_eq!(
         (s.pruned.downstream, s.pruned.upstream, s.more),
-        (4, 4, true)
+        (3, 4, true)
     );
-    let left: Vec<i64> = c
-        .prepare("SELECT id FROM downstream ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    assert_eq!(left, vec![5, 6, 7, 8, 9, 10, 11], "the oldest went first");
-    let s = prune::step(&c, 8, 4).unwrap();
+    assert_eq!(s.cursor, 4, "the walk passed the row queued for long");
+    assert_eq!(ids(&c), vec![3, 5, 6, 7, 8, 9, 10, 11]);
+    // Row 3 gets its final result (at time 2): the walk is past it.
+    apply_batch(
+        &c,
+        &Batch {
+            no: 1,
+            ops: vec![Op::FinishDownstream { id: 3 }],
+        },
+        false,
+        2,
+        s.cursor,
+    )
+    .unwrap();
+    let s = prune::step(&c, 8, 4, s.cursor).unwrap();
+    // 5, 6, 7 by the walk (8 is not old: it stops there), 3 from the late list.
     assert_eq!(
         (s.pruned.downstream, s.pruned.upstream, s.more),
-        (3, 3, false)
+        (4, 3, false)
     );
-    let next_id: i64 = c
-        .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
-            r.get(0)
-        })
+    assert_eq!(s.cursor, 7);
+    assert_eq!(ids(&c), vec![8, 9, 10, 11]);
+    let late: i64 = c
+        .query_row("SELECT count(*) FROM prune_late", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(next_id, 8, "above every pruned row");
+    assert_eq!(late, 0);
+    let meta = |k: &str| -> i64 {
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(meta("prune_cursor"), 7);
+    assert_eq!(meta("next_id"), 8, "above every pruned row");
+    // Later: a row queued since after the cutoff stops the walk.
+    let s = prune::step(&c, 100, 4, s.cursor).unwrap();
+    assert_eq!((s.pruned.downstream, s.cursor, s.more), (3, 10, false));
+    assert_eq!(ids(&c), vec![11]);
 }
 
 /// Rows finished before the upgrade to schema 4 have no time of their

@@ -185,7 +185,7 @@ fn writer_loop(
         if commit_now {
             if let Some(o) = open.take() {
                 let (pruned, pass_over) = (o.pruned, o.pass_over);
-                let (d, ok) = commit(&mut conn, path, o, degraded, pruner.now_ms());
+                let (d, ok) = commit(&mut conn, path, o, degraded, &mut pruner);
                 if ok {
                     pruner.committed(pruned, pass_over);
                 } else {
@@ -232,7 +232,7 @@ fn writer_loop(
                             Ok(()) => open = Some(Open::new()),
                             Err(e) => {
                                 tracing::warn!(error = %e, "store: cannot start pruning; trying again later");
-                                pruner.failed(&e);
+                                pruner.failed(&e, true);
                                 continue;
                             }
                         }
@@ -244,10 +244,9 @@ fn writer_loop(
                         // The error took the open transaction with it: as
                         // when a batch fails to apply.
                         let _ = conn.execute_batch("ROLLBACK");
-                        pruner.failed(&e);
+                        pruner.failed(&e, true);
                         if let Some(o) = open.take().filter(|o| !o.batches.is_empty()) {
-                            let d =
-                                refuse_inserts(&mut conn, path, o, &e, degraded, pruner.now_ms());
+                            let d = refuse_inserts(&mut conn, path, o, &e, degraded, &pruner);
                             in_sync += 1;
                             if to_sync.send(d).is_err() {
                                 return;
@@ -285,12 +284,12 @@ fn writer_loop(
                 let (id, seq) = batch_marks(&b);
                 o.max_id = o.max_id.max(id);
                 o.max_seq = o.max_seq.max(seq);
-                let now = pruner.now_ms();
+                let (now, late) = (pruner.now_ms(), pruner.late_below());
                 let applied = if fresh {
                     conn.execute_batch("BEGIN IMMEDIATE")
-                        .and_then(|_| apply_batch(&conn, &b, false, now))
+                        .and_then(|_| apply_batch(&conn, &b, false, now, late))
                 } else {
-                    apply_batch(&conn, &b, false, now)
+                    apply_batch(&conn, &b, false, now, late)
                 };
                 o.batches.push(b);
                 match applied {
@@ -299,8 +298,7 @@ fn writer_loop(
                         let _ = conn.execute_batch("ROLLBACK");
                         pruner.rolled_back();
                         if let Some(o) = open.take() {
-                            let d =
-                                refuse_inserts(&mut conn, path, o, &e, degraded, pruner.now_ms());
+                            let d = refuse_inserts(&mut conn, path, o, &e, degraded, &pruner);
                             in_sync += 1;
                             if to_sync.send(d).is_err() {
                                 return;
@@ -342,7 +340,7 @@ fn prune_in_open(conn: &Connection, o: &mut Open, pruner: &mut Pruner) -> rusqli
         Err(e) if conn.is_autocommit() => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "store: a prune step failed; trying again later");
-            pruner.failed(&e);
+            pruner.failed(&e, false);
             // This pass is over (its callers have the error); what earlier
             // steps deleted is committed with the transaction.
             o.pass_over = true;
@@ -360,7 +358,7 @@ fn commit_prune_only(conn: &Connection, o: Open, pruner: &mut Pruner) {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             tracing::warn!(error = %e, "store: committing pruned rows failed; trying again later");
-            pruner.failed(&e);
+            pruner.failed(&e, true);
         }
     }
 }
@@ -373,7 +371,7 @@ fn commit(
     path: &Path,
     o: Open,
     degraded: &AtomicBool,
-    now: i64,
+    pruner: &mut Pruner,
 ) -> (Durable, bool) {
     let res = bump_next_seq(conn, o.max_seq).and_then(|_| conn.execute_batch("COMMIT"));
     match res {
@@ -400,7 +398,10 @@ fn commit(
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            (refuse_inserts(conn, path, o, &e, degraded, now), false)
+            // Before the batches are applied again: their final results
+            // are put on the late list against the committed cursor.
+            pruner.rolled_back();
+            (refuse_inserts(conn, path, o, &e, degraded, pruner), false)
         }
     }
 }
@@ -414,7 +415,7 @@ fn refuse_inserts(
     o: Open,
     e: &rusqlite::Error,
     degraded: &AtomicBool,
-    now: i64,
+    pruner: &Pruner,
 ) -> Durable {
     // While this lasts the engine refuses new messages at once instead of
     // queueing them behind the stuck write.
@@ -435,7 +436,7 @@ fn refuse_inserts(
         .collect();
     let mut delay = Duration::from_millis(50);
     loop {
-        match apply_all(conn, &o.batches, now) {
+        match apply_all(conn, &o.batches, pruner.now_ms(), pruner.late_below()) {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "store still failing; retrying");
@@ -469,11 +470,16 @@ fn refuse_inserts(
 
 /// Applies the batches without their new messages in one transaction and
 /// commits.
-fn apply_all(conn: &mut Connection, group: &[Batch], now: i64) -> rusqlite::Result<()> {
+fn apply_all(
+    conn: &mut Connection,
+    group: &[Batch],
+    now: i64,
+    late_below: i64,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut max_seq = 0u64;
     for b in group {
-        apply_batch(&tx, b, true, now)?;
+        apply_batch(&tx, b, true, now, late_below)?;
         max_seq = max_seq.max(batch_marks(b).1);
     }
     bump_next_seq(&tx, max_seq)?;
