@@ -367,12 +367,32 @@ impl SessionConfig {
 pub struct StoreConfig {
     /// SQLite file.
     pub path: PathBuf,
+    /// Hours finished downstream messages and upstream ids are kept for
+    /// idempotency, deduplication and receipt routing (SPEC §11
+    /// "Retention"); 0 keeps them forever. A fraction is allowed.
+    pub retention_hours: f64,
 }
+
+/// Longest `store.retention_hours` accepted (ten years).
+pub const MAX_RETENTION_HOURS: f64 = 24.0 * 365.0 * 10.0;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("gimmm-data/gimmm.db"),
+            retention_hours: 24.0,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The retention as the store takes it: `None` (keep forever) for 0
+    /// (and for a value [`Config::validate`] refuses).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        if self.retention_hours > 0.0 {
+            std::time::Duration::try_from_secs_f64(self.retention_hours * 3600.0).ok()
+        } else {
+            None
         }
     }
 }
@@ -705,6 +725,15 @@ impl Config {
         if self.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must not be empty"));
         }
+        let r = self.store.retention_hours;
+        if !r.is_finite() || !(0.0..=MAX_RETENTION_HOURS).contains(&r) {
+            return Err(invalid(
+                "store.retention_hours",
+                format!(
+                    "must be 0..={MAX_RETENTION_HOURS} hours (0 keeps everything forever), not {r}"
+                ),
+            ));
+        }
         if !self.admin.listen.is_empty() {
             self.admin
                 .listen
@@ -1027,6 +1056,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("fcm.server_key_file"), "{e}");
+    }
+
+    #[test]
+    fn store_retention_hours() {
+        let c = load_str(MIN, &[]).unwrap();
+        assert_eq!(c.store.retention_hours, 24.0);
+        assert_eq!(
+            c.store.retention(),
+            Some(std::time::Duration::from_secs(24 * 3600))
+        );
+        // A fraction (tests use seconds), an integer, and 0 = forever.
+        let c = load_str(&format!("{MIN}[store]\nretention_hours = 0.001\n"), &[]).unwrap();
+        assert_eq!(
+            c.store.retention(),
+            Some(std::time::Duration::from_secs_f64(3.6))
+        );
+        let c = load_str(&format!("{MIN}[store]\nretention_hours = 48\n"), &[]).unwrap();
+        assert_eq!(c.store.retention_hours, 48.0);
+        let c = load_str(&format!("{MIN}[store]\nretention_hours = 0\n"), &[]).unwrap();
+        assert_eq!(c.store.retention(), None);
+        // The environment overrides the file.
+        let c = load_str(
+            &format!("{MIN}[store]\nretention_hours = 48\n"),
+            &[("GIMMM_STORE__RETENTION_HOURS", "0.5")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.retention(),
+            Some(std::time::Duration::from_secs(1800))
+        );
+        let c = load_str(MIN, &[("GIMMM_STORE__RETENTION_HOURS", "0")]).unwrap();
+        assert_eq!(c.store.retention(), None);
+        // Out of range, and not a number.
+        for bad in ["-1", "-0.5", "87601", "nan", "inf"] {
+            let e = load_str(&format!("{MIN}[store]\nretention_hours = {bad}\n"), &[]).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { key, .. } if key == "store.retention_hours"),
+                "{bad}: {e}"
+            );
+        }
+        let e = load_str(MIN, &[("GIMMM_STORE__RETENTION_HOURS", "-2")]).unwrap_err();
+        assert!(e.to_string().contains("store.retention_hours"), "{e}");
+        let e = load_str(&format!("{MIN}[store]\nretention_hours = \"a day\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("retention_hours"), "{e}");
+        let e = load_str(MIN, &[("GIMMM_STORE__RETENTION_HOURS", "a day")]).unwrap_err();
+        assert!(e.to_string().contains("retention_hours"), "{e}");
     }
 
     #[test]

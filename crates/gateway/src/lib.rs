@@ -141,10 +141,18 @@ impl Gateway {
         let _ = metrics::prometheus();
         let abort = CancellationToken::new();
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-        let (sqlite, recovery) = store::sqlite::SqliteStore::open(&cfg.store.path, commit_tx)?;
+        let (sqlite, recovery) = store::sqlite::SqliteStore::open_with(
+            &cfg.store.path,
+            commit_tx,
+            store::StoreOptions {
+                retention: cfg.store.retention(),
+                ..store::StoreOptions::default()
+            },
+        )?;
         let store: store::SharedStore = Arc::new(sqlite);
         tracing::info!(
             store = %store.describe(),
+            retention_hours = cfg.store.retention_hours,
             queued = recovery.queued,
             next_seq = recovery.next_seq,
             "store open"

@@ -10,11 +10,13 @@
 //! store::conformance_tests!(MyHarness::new());
 //! ```
 //!
-//! Each test gets a fresh harness; [`Harness::open`] may be called again
-//! after the previous handle was dropped, and must then open the same data
-//! (a restart).
+//! Each test gets a fresh harness; [`Harness::open_with`] may be called
+//! again after the previous handle was dropped, and must then open the same
+//! data (a restart). The retention tests (SPEC §11) open the store with a
+//! manual [`Clock`] and make rows old by moving it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::retention::{Clock, Pruned, StoreOptions};
 use crate::types::{Batch, Committed, NewDownstream, Op, Recovery};
 use crate::{Store, StoreError};
 use std::sync::Arc;
@@ -33,8 +35,13 @@ pub struct Opened {
 
 /// Opens one implementation's store on one place for its data.
 pub trait Harness: Send {
-    /// Opens (the first time: creates) the store.
-    fn open(&mut self) -> Result<Opened, StoreError>;
+    /// Opens (the first time: creates) the store with these options.
+    fn open_with(&mut self, options: StoreOptions) -> Result<Opened, StoreError>;
+
+    /// Opens it with the default options.
+    fn open(&mut self) -> Result<Opened, StoreError> {
+        self.open_with(StoreOptions::default())
+    }
 }
 
 /// Expands to one `#[tokio::test]` per conformance test, each with a fresh
@@ -51,7 +58,12 @@ macro_rules! conformance_tests {
             receipt_targets,
             unroutable_and_counts,
             recovery_after_reopen,
-            second_open_is_refused);
+            second_open_is_refused,
+            retention_prunes_old_finished_rows_and_upstream_ids,
+            retention_off_keeps_everything,
+            pruning_runs_in_the_background,
+            a_message_queued_past_the_retention_is_pruned_after_its_result,
+            pruned_row_ids_are_not_reused);
     };
     (@each $make:expr; $($name:ident),*) => {
         $(
@@ -377,4 +389,303 @@ pub async fn second_open_is_refused(h: &mut dyn Harness) {
         Err(e) => panic!("expected Locked, got {e}"),
         Ok(_) => panic!("a second open succeeded"),
     }
+}
+
+/// Runs a prune pass, within the usual deadline.
+pub async fn prune_now(o: &Opened) -> crate::Pruned {
+    tokio::time::timeout(WAIT, o.store.prune_now())
+        .await
+        .expect("prune_now did not finish in time")
+        .expect("prune_now failed")
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// Where the manual clocks of the retention tests start (Unix ms).
+const T0: i64 = 1_700_000_000_000;
+
+fn with_retention(clock: &Clock, retention: Option<Duration>) -> StoreOptions {
+    StoreOptions {
+        retention,
+        clock: clock.clone(),
+        ..StoreOptions::default()
+    }
+}
+
+fn upstream(message_id: &str, then: Vec<Op>) -> Op {
+    Op::Upstream {
+        message_id: message_id.into(),
+        then,
+    }
+}
+
+/// Past the retention, finished rows (with or without a receipt pending)
+/// and upstream ids are gone: their ids are new again. Recent ones stay, as
+/// do queued rows however old, outbox rows and unroutable messages. A
+/// finished row's age counts from its final result, not its acceptance.
+pub async fn retention_prunes_old_finished_rows_and_upstream_ids(h: &mut dyn Harness) {
+    let clock = Clock::manual(T0);
+    let mut o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+    commit(
+        &mut o,
+        1,
+        vec![
+            insert(1, "s", "old-done"),
+            insert(2, "s", "old-receipt"),
+            insert(3, "s", "old-queued"),
+            insert(7, "s", "old-accepted"),
+            outbox("s", 1),
+            upstream("up-old", vec![outbox("s", 2)]),
+            Op::UpstreamSeen {
+                message_id: "seen-old".into(),
+            },
+            Op::Unroutable {
+                category: "nobody".into(),
+                body: "{}".into(),
+            },
+        ],
+    )
+    .await;
+    // Row 2 asks for a receipt (even id); it is pruned all the same.
+    commit(
+        &mut o,
+        2,
+        vec![
+            Op::FinishDownstream { id: 1 },
+            Op::FinishDownstream { id: 2 },
+        ],
+    )
+    .await;
+    assert!(o
+        .store
+        .receipt_target("old-receipt")
+        .await
+        .unwrap()
+        .is_some());
+    clock.advance(2 * HOUR);
+    commit(
+        &mut o,
+        3,
+        vec![
+            insert(4, "s", "new-done"),
+            Op::FinishDownstream { id: 4 },
+            Op::FinishDownstream { id: 7 },
+            Op::UpstreamSeen {
+                message_id: "up-new".into(),
+            },
+        ],
+    )
+    .await;
+    // The background pruner may have been first; the totals count both.
+    prune_now(&o).await;
+    assert_eq!(
+        *o.store.pruned().borrow(),
+        Pruned {
+            downstream: 2,
+            upstream: 2
+        }
+    );
+    assert!(o
+        .store
+        .receipt_target("old-receipt")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(!o.store.upstream_seen("up-old").await.unwrap());
+    assert!(!o.store.upstream_seen("seen-old").await.unwrap());
+    assert!(o.store.upstream_seen("up-new").await.unwrap());
+    let queued: Vec<u64> = o
+        .store
+        .load_queued(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(queued, vec![3], "a queued row is never pruned");
+    let c = commit(
+        &mut o,
+        4,
+        vec![
+            insert(8, "s", "old-done"),
+            insert(9, "s", "new-done"),
+            insert(10, "s", "old-accepted"),
+            insert(11, "s", "old-queued"),
+            upstream("up-old", vec![outbox("s", 3)]),
+            upstream("up-new", vec![outbox("s", 4)]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        c.duplicates,
+        vec![9, 10, 11],
+        "a pruned id is new again; kept ones are duplicates"
+    );
+    assert_eq!(
+        c.repeated,
+        vec![4],
+        "a pruned upstream id is delivered again"
+    );
+    let seqs: Vec<u64> = o
+        .store
+        .load_outbox("s", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3], "outbox rows are never pruned");
+    let counts = o.store.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.unroutable), (2, 1));
+}
+
+/// Without a retention nothing is pruned, however old.
+pub async fn retention_off_keeps_everything(h: &mut dyn Harness) {
+    let clock = Clock::manual(T0);
+    let mut o = h.open_with(with_retention(&clock, None)).unwrap();
+    commit(
+        &mut o,
+        1,
+        vec![
+            insert(1, "s", "a"),
+            Op::UpstreamSeen {
+                message_id: "up".into(),
+            },
+        ],
+    )
+    .await;
+    commit(&mut o, 2, vec![Op::FinishDownstream { id: 1 }]).await;
+    clock.advance(10 * 365 * 24 * HOUR);
+    assert_eq!(prune_now(&o).await, Pruned::default());
+    let c = commit(&mut o, 3, vec![insert(2, "s", "a")]).await;
+    assert_eq!(c.duplicates, vec![2]);
+    assert!(o.store.upstream_seen("up").await.unwrap());
+    assert_eq!(*o.store.pruned().borrow(), Pruned::default());
+}
+
+/// Pruning needs no call: with rows past the retention, the store deletes
+/// them by itself, in steps of at most `prune_batch` rows, while batches
+/// keep coming.
+pub async fn pruning_runs_in_the_background(h: &mut dyn Harness) {
+    let clock = Clock::manual(T0);
+    let mut o = h
+        .open_with(StoreOptions {
+            prune_batch: 4,
+            prune_interval: Duration::from_millis(10),
+            ..with_retention(&clock, Some(HOUR))
+        })
+        .unwrap();
+    let mut ops: Vec<Op> = (1..=10).map(|i| insert(i, "s", &format!("m{i}"))).collect();
+    ops.extend((1..=10).map(|i| Op::UpstreamSeen {
+        message_id: format!("up{i}"),
+    }));
+    commit(&mut o, 1, ops).await;
+    commit(
+        &mut o,
+        2,
+        (1..=10).map(|id| Op::FinishDownstream { id }).collect(),
+    )
+    .await;
+    clock.advance(2 * HOUR);
+    let mut pruned = o.store.pruned();
+    let mut no = 2;
+    // Traffic goes on (a store without a thread of its own prunes between
+    // batches); the pruning is awaited, not slept for.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let p = *pruned.borrow_and_update();
+            if p.downstream >= 10 && p.upstream >= 10 {
+                return p;
+            }
+            no += 1;
+            commit(&mut o, no, vec![insert(100 + no, "t", &format!("x{no}"))]).await;
+        }
+    })
+    .await
+    .expect("old rows were not pruned in the background");
+    assert_eq!(
+        *o.store.pruned().borrow(),
+        Pruned {
+            downstream: 10,
+            upstream: 10
+        }
+    );
+    no += 1;
+    let c = commit(&mut o, no, vec![insert(1000, "s", "m1")]).await;
+    assert!(c.duplicates.is_empty(), "m1 was pruned: it is new again");
+}
+
+/// A message still queued when it is older than the retention is kept;
+/// its row is pruned a retention after its final result, like any other.
+pub async fn a_message_queued_past_the_retention_is_pruned_after_its_result(h: &mut dyn Harness) {
+    let clock = Clock::manual(T0);
+    let mut o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+    commit(
+        &mut o,
+        1,
+        vec![
+            insert(1, "s", "late"),
+            insert(2, "s", "early"),
+            insert(3, "s", "queued"),
+        ],
+    )
+    .await;
+    commit(&mut o, 2, vec![Op::FinishDownstream { id: 2 }]).await;
+    clock.advance(2 * HOUR);
+    prune_now(&o).await;
+    assert_eq!(o.store.pruned().borrow().downstream, 1);
+    commit(&mut o, 3, vec![Op::FinishDownstream { id: 1 }]).await;
+    prune_now(&o).await;
+    assert_eq!(
+        o.store.pruned().borrow().downstream,
+        1,
+        "finished just now: kept"
+    );
+    let c = commit(&mut o, 4, vec![insert(4, "s", "late")]).await;
+    assert_eq!(c.duplicates, vec![4]);
+    clock.advance(2 * HOUR);
+    prune_now(&o).await;
+    assert_eq!(o.store.pruned().borrow().downstream, 2);
+    let c = commit(
+        &mut o,
+        5,
+        vec![insert(5, "s", "late"), insert(6, "s", "queued")],
+    )
+    .await;
+    assert_eq!(c.duplicates, vec![6], "the queued one is still there");
+    let queued: Vec<u64> = o
+        .store
+        .load_queued(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(queued, vec![3, 5]);
+}
+
+/// Row ids stay above every id handed out, even when pruning deleted the
+/// highest rows and the store is reopened.
+pub async fn pruned_row_ids_are_not_reused(h: &mut dyn Harness) {
+    let clock = Clock::manual(T0);
+    {
+        let mut o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+        commit(
+            &mut o,
+            1,
+            (1..=3).map(|i| insert(i, "s", &format!("m{i}"))).collect(),
+        )
+        .await;
+        commit(
+            &mut o,
+            2,
+            (1..=3).map(|id| Op::FinishDownstream { id }).collect(),
+        )
+        .await;
+        clock.advance(2 * HOUR);
+        prune_now(&o).await;
+        assert_eq!(o.store.pruned().borrow().downstream, 3);
+    }
+    let o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+    assert_eq!(o.recovery.next_id, 4);
+    assert_eq!(o.recovery.queued, 0);
 }

@@ -33,14 +33,28 @@
 //! returned (SQLite makes a commit visible a moment before its fsync; the
 //! SQLite store hides that). Errors are [`StoreError`]s, the backend's own
 //! error boxed inside.
+//!
+//! **Retention** (SPEC §11). Finished downstream rows (kept for
+//! idempotency and receipt routing) and upstream ids older than
+//! [`StoreOptions::retention`] are deleted in the background, in small
+//! steps that never hold up a batch; queued rows, outbox rows and
+//! unroutable messages are never pruned. After a prune, a repeated message
+//! id is a new message and a resent upstream id is delivered again: the
+//! idempotency of SPEC §3.2 holds within the retention window. Row ids stay
+//! above every id handed out, pruned or not ([`Recovery::next_id`]).
+//! [`Store::prune_now`] runs a pass on demand and [`Store::pruned`] counts
+//! what was removed, so tests wait for pruning instead of sleeping; rows
+//! are aged by the store's [`Clock`], which tests set by hand.
 
 pub mod conformance;
 mod error;
 pub mod memory;
+pub mod retention;
 pub mod sqlite;
 pub mod types;
 
 pub use error::StoreError;
+pub use retention::{Clock, Pruned, StoreOptions, DEFAULT_RETENTION};
 pub use types::{
     now_ms, Batch, Committed, Counts, NewDownstream, Op, OutboxRow, QueuedRow, ReceiptTarget,
     Recovery, UnroutableRow,
@@ -48,6 +62,7 @@ pub use types::{
 
 use futures::future::BoxFuture;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// A shared handle to a store, as the engine and the admin API hold it.
 pub type SharedStore = Arc<dyn Store>;
@@ -104,4 +119,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Where the data lives, for logs (a path, never a password).
     fn describe(&self) -> String;
+
+    /// Runs a prune pass now: deletes what the retention allows, in the
+    /// usual small steps (batches still go first), and resolves with what
+    /// the pass removed once that is visible to reads. Without retention it
+    /// resolves at once with nothing.
+    fn prune_now(&self) -> BoxFuture<'static, ReadResult<Pruned>>;
+
+    /// Rows pruned since the store was opened (background passes and
+    /// [`Store::prune_now`]), counted when their deletion is visible.
+    fn pruned(&self) -> watch::Receiver<Pruned>;
 }

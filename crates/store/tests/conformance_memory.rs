@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use store::conformance::{Harness, Opened};
 use store::memory::{MemData, MemStore};
-use store::StoreError;
+use store::{StoreError, StoreOptions};
 
 struct Memory(MemData);
 
 impl Harness for Memory {
-    fn open(&mut self) -> Result<Opened, StoreError> {
+    fn open_with(&mut self, options: StoreOptions) -> Result<Opened, StoreError> {
         let (tx, commits) = tokio::sync::mpsc::unbounded_channel();
-        let (store, recovery) = MemStore::open(&self.0, tx)?;
+        let (store, recovery) = MemStore::open_with(&self.0, tx, options)?;
         Ok(Opened {
             store: Arc::new(store),
             recovery,

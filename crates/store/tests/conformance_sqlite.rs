@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use store::conformance::{Harness, Opened};
 use store::sqlite::SqliteStore;
-use store::StoreError;
+use store::{StoreError, StoreOptions};
 
 struct Sqlite {
     dir: tempfile::TempDir,
@@ -20,9 +20,10 @@ impl Sqlite {
 }
 
 impl Harness for Sqlite {
-    fn open(&mut self) -> Result<Opened, StoreError> {
+    fn open_with(&mut self, options: StoreOptions) -> Result<Opened, StoreError> {
         let (tx, commits) = tokio::sync::mpsc::unbounded_channel();
-        let (store, recovery) = SqliteStore::open(&self.dir.path().join("gimmm.db"), tx)?;
+        let (store, recovery) =
+            SqliteStore::open_with(&self.dir.path().join("gimmm.db"), tx, options)?;
         Ok(Opened {
             store: Arc::new(store),
             recovery,

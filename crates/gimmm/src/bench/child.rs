@@ -165,6 +165,8 @@ pub(super) struct GwSetup<'a> {
     pub(super) max_unacked: Option<usize>,
     /// Retry after 100 ms doubling up to 1 s (FCM is down on purpose).
     pub(super) retry_fast: bool,
+    /// store.retention_hours (default: the gateway's).
+    pub(super) retention_hours: Option<f64>,
     /// TLS on the BAL listener: (certificate chain, key) files.
     pub(super) bal_tls: Option<(&'a Path, &'a Path)>,
 }
@@ -269,6 +271,9 @@ pub(super) fn gateway_config(g: &GwSetup<'_>) -> Result<Config> {
         .map(|(id, t)| SessionConfig::new(id.as_str(), t.as_str()))
         .collect();
     cfg.store.path = g.store.to_path_buf();
+    if let Some(h) = g.retention_hours {
+        cfg.store.retention_hours = h;
+    }
     cfg.admin.listen = "127.0.0.1:0".into();
     cfg.validate()?;
     Ok(cfg)
@@ -336,6 +341,62 @@ fn ports_file_for(config: &Path) -> PathBuf {
     let mut p = config.as_os_str().to_owned();
     p.push(".ports.json");
     PathBuf::from(p)
+}
+
+/// One sample of the store's file sizes: seconds since the run started,
+/// bytes of the database and of its WAL.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StoreSample {
+    pub(super) t: f64,
+    pub(super) db: u64,
+    pub(super) wal: u64,
+}
+
+/// Samples the sizes of the store's files every `every` until stopped
+/// (for the retention figures: does the store stop growing?).
+pub(super) struct StoreSampler {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<StoreSample>>,
+}
+
+impl StoreSampler {
+    pub(super) fn start(db: &Path, every: Duration) -> StoreSampler {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let (db, wal) = (db.to_path_buf(), PathBuf::from(wal));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = s.cancelled() => break,
+                }
+                out.push(StoreSample {
+                    t: t0.elapsed().as_secs_f64(),
+                    db: size(&db),
+                    wal: size(&wal),
+                });
+            }
+            // And the state at the end.
+            out.push(StoreSample {
+                t: t0.elapsed().as_secs_f64(),
+                db: size(&db),
+                wal: size(&wal),
+            });
+            out
+        });
+        StoreSampler { stop, task }
+    }
+
+    pub(super) async fn finish(self) -> Vec<StoreSample> {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// A loopback port reserved for an emulator that starts later: bound, never

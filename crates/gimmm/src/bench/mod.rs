@@ -181,6 +181,15 @@ pub(crate) struct BenchArgs {
     /// Put it on the disk you want to measure.
     #[arg(long)]
     store_dir: Option<PathBuf>,
+    /// store.retention_hours of the gateway started by the bench (default:
+    /// the gateway's default, 24; 0 keeps everything). A fraction is
+    /// allowed: 0.001 is 3.6 s.
+    #[arg(long)]
+    retention_hours: Option<f64>,
+    /// How often the size of the store's files (database + WAL) is sampled
+    /// for the report (`store_files` in the JSON); 0 = not sampled.
+    #[arg(long, default_value_t = 1.0)]
+    store_sample_secs: f64,
     /// Give up when no result arrived for this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
@@ -233,6 +242,12 @@ pub(crate) async fn run(a: BenchArgs) -> Result<()> {
         );
     }
     check_api_flags(&a)?;
+    if !(a.store_sample_secs >= 0.0 && a.store_sample_secs.is_finite()) {
+        bail!("--store-sample-secs must be >= 0");
+    }
+    if a.retention_hours.is_some() && a.gateway.is_some() {
+        bail!("--retention-hours configures the bench's own gateway (not with --gateway)");
+    }
     if a.queue_while_down {
         if a.gateway.is_some() || a.in_process {
             bail!("--queue-while-down starts its own gateway child process (no --gateway / --in-process)");

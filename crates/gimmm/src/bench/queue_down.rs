@@ -54,6 +54,7 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
         max_unacked: a.max_unacked,
         retry_fast: true,
         bal_tls: BenchTls::files(tls.as_ref()),
+        retention_hours: a.retention_hours,
     };
     let cfg_path = dir.path().join("gimmm.toml");
     write_config(&gateway_config(&setup)?, &cfg_path)?;

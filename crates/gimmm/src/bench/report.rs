@@ -5,6 +5,7 @@
 //! `lost`, `duplicated`, `api`, and the emulator's counters: the CCS
 //! emulator's, or with `--api http-v1` the HTTP v1 emulator's).
 
+use super::child::StoreSample;
 use super::plan::Plan;
 use super::v1::V1Delta;
 use super::{BenchApi, BenchArgs};
@@ -102,6 +103,40 @@ pub(super) struct LoadReport<'a> {
     pub(super) protocol_errors: u64,
     pub(super) accepted: u64,
     pub(super) delta: Option<EmuFigures>,
+    /// The store's file sizes over the run (when known).
+    pub(super) store_files: Option<&'a [StoreSample]>,
+}
+
+/// The store's file sizes over the run: printed as the largest, the last
+/// and the size at each tenth of the run; in the JSON every sample.
+fn store_files_report(a: &BenchArgs, samples: &[StoreSample]) -> serde_json::Value {
+    let total = |s: &StoreSample| s.db + s.wal;
+    let max = samples.iter().map(total).max().unwrap_or(0);
+    let last = samples.last().copied();
+    let n = samples.len();
+    let tenths: Vec<String> = (1..=10)
+        .filter_map(|k| samples.get((k * n / 10).saturating_sub(1)))
+        .map(|s| format!("{:.1}", total(s) as f64 / (1024.0 * 1024.0)))
+        .collect();
+    if let Some(l) = last {
+        println!(
+            "  store files      db+wal max {}, at the end {} (db {} + wal {}); each tenth of the run (MiB): {}",
+            mib(Some(max)),
+            mib(Some(total(&l))),
+            mib(Some(l.db)),
+            mib(Some(l.wal)),
+            tenths.join(" ")
+        );
+    }
+    serde_json::json!({
+        "sample_secs": a.store_sample_secs,
+        "retention_hours": a.retention_hours,
+        "max_bytes": max,
+        "last_bytes": last.map(|l| total(&l)),
+        "samples": samples.iter().map(|s| serde_json::json!({
+            "t": s.t, "db": s.db, "wal": s.wal,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Prints the load mode's report; returns its JSON.
@@ -127,6 +162,7 @@ pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
         protocol_errors,
         accepted,
         delta,
+        store_files,
     } = r;
     let rate = if a.rate > 0.0 {
         format!("{} msg/s offered", a.rate)
@@ -217,9 +253,11 @@ pub(super) fn load_report(r: LoadReport<'_>) -> serde_json::Value {
         Some(EmuFigures::V1(d)) => d.print(),
         None => {}
     }
+    let store_files = store_files.map(|s| store_files_report(a, s));
     let mut json = serde_json::json!({
         "mode": "load",
         "api": a.api.json_name(),
+        "store_files": store_files,
         "messages": p.n,
         "downstream": p.downstream,
         "upstream": p.upstream,

@@ -5,7 +5,7 @@
 
 use super::child::{
     fsync_probe_ms, gateway_config, proc_cpu_secs, proc_status, spawn_gateway, write_config,
-    BenchTls, FcmSetup, Gw, GwSetup,
+    BenchTls, FcmSetup, Gw, GwSetup, StoreSampler,
 };
 use super::load::{
     count, histogram, logon_all, receiver, sender, start_clock, wait_done, EmuCtl, Shared, Window,
@@ -123,6 +123,10 @@ pub(super) async fn load(a: BenchArgs) -> Result<()> {
     } else {
         Window::Finals
     };
+    // The store's files over the run (only when the bench started the
+    // gateway and so knows where its store is).
+    let sampler = (a.gateway.is_none() && a.store_sample_secs > 0.0)
+        .then(|| StoreSampler::start(&store, Duration::from_secs_f64(a.store_sample_secs)));
     sh.start_ns.store(sh.now_ns(), Ordering::Relaxed);
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
@@ -146,6 +150,10 @@ pub(super) async fn load(a: BenchArgs) -> Result<()> {
     let expected = sh.plan.expected_events();
     let rss_sampled = wait_done(&sh, expected, gw.pid(), Duration::from_secs(a.timeout_secs)).await;
     clock_stop.store(true, Ordering::Relaxed);
+    let store_files = match sampler {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
     let start_ns = sh.start_ns.load(Ordering::Relaxed);
     let end_ns = sh.last_ns.load(Ordering::Relaxed).max(start_ns + 1);
     // Late duplicates would show up now.
@@ -236,6 +244,7 @@ pub(super) async fn load(a: BenchArgs) -> Result<()> {
         protocol_errors: sh.errors.load(Ordering::Relaxed),
         accepted: sh.accepted.load(Ordering::Relaxed),
         delta,
+        store_files: store_files.as_deref(),
     });
     finish(&a, json, lost, duplicated)
 }
@@ -307,6 +316,7 @@ async fn start_gateway(
         max_unacked: a.max_unacked,
         retry_fast: false,
         bal_tls: BenchTls::files(tls),
+        retention_hours: a.retention_hours,
     };
     let cfg = gateway_config(&setup)?;
     let (gw, addr) = if a.in_process {

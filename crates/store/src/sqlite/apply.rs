@@ -2,13 +2,13 @@
 //! prepared once per batch when first needed, applied inside the writer's
 //! open transaction.
 
-use crate::types::{now_ms, Batch, Op};
+use crate::types::{Batch, Op};
 use rusqlite::{params, Connection};
 
 /// The write statements, prepared once per batch when first needed.
 struct Stmts<'c> {
     conn: &'c Connection,
-    cache: [Option<rusqlite::CachedStatement<'c>>; 8],
+    cache: [Option<rusqlite::CachedStatement<'c>>; 9],
 }
 
 const SQL_INSERT: usize = 0;
@@ -19,17 +19,19 @@ const SQL_OUTBOX: usize = 4;
 const SQL_OUTBOX_DELETE: usize = 5;
 const SQL_SEEN: usize = 6;
 const SQL_UNROUTABLE: usize = 7;
+const SQL_LATE: usize = 8;
 
-const WRITE_SQL: [&str; 8] = [
+const WRITE_SQL: [&str; 9] = [
     "INSERT OR IGNORE INTO downstream (id, session, message_id, group_id, body, expires_at, receipt, accepted_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     "UPDATE downstream SET attempts = ?2, not_before = ?3 WHERE id = ?1",
-    "UPDATE downstream SET state = 1, body = NULL, group_id = NULL WHERE id = ?1",
+    "UPDATE downstream SET state = 1, body = NULL, group_id = NULL, done_at = ?2 WHERE id = ?1",
     "UPDATE downstream SET receipt = 0 WHERE id = ?1",
     "INSERT OR REPLACE INTO outbox (session, seq, body) VALUES (?1, ?2, ?3)",
     "DELETE FROM outbox WHERE session = ?1 AND seq = ?2",
     "INSERT OR IGNORE INTO upstream_seen (message_id, at) VALUES (?1, ?2)",
     "INSERT INTO unroutable (category, body, at) VALUES (?1, ?2, ?3)",
+    "INSERT OR IGNORE INTO prune_late (id) VALUES (?1)",
 ];
 
 impl<'c> Stmts<'c> {
@@ -55,30 +57,43 @@ impl<'c> Stmts<'c> {
 /// Applies one batch inside the open transaction; returns the ids of
 /// duplicate inserts and the outbox seqs of repeated upstream messages.
 /// With `skip_inserts`, new downstream messages are left out (they were
-/// refused).
+/// refused). `now` (Unix ms, from the store's clock) stamps finished rows
+/// and upstream ids, which retention ages by. A message finished with a row
+/// id up to `late_below` was passed by the prune walk while it was queued:
+/// it goes on the late list (see `prune`).
 pub(crate) fn apply_batch(
     conn: &Connection,
     b: &Batch,
     skip_inserts: bool,
+    now: i64,
+    late_below: i64,
 ) -> rusqlite::Result<(Vec<u64>, Vec<u64>)> {
     let mut dups = Vec::new();
     let mut repeated = Vec::new();
-    let now = now_ms();
     let mut st = Stmts::new(conn);
+    let at = At { now, late_below };
     for op in &b.ops {
-        apply_op(&mut st, op, skip_inserts, now, &mut dups, &mut repeated)?;
+        apply_op(&mut st, op, skip_inserts, at, &mut dups, &mut repeated)?;
     }
     Ok((dups, repeated))
+}
+
+/// The time of a batch and the prune walk's place.
+#[derive(Clone, Copy)]
+struct At {
+    now: i64,
+    late_below: i64,
 }
 
 fn apply_op(
     st: &mut Stmts<'_>,
     op: &Op,
     skip_inserts: bool,
-    now: i64,
+    at: At,
     dups: &mut Vec<u64>,
     repeated: &mut Vec<u64>,
 ) -> rusqlite::Result<()> {
+    let now = at.now;
     {
         match op {
             Op::InsertDownstream(n) => {
@@ -108,7 +123,11 @@ fn apply_op(
                     .execute(params![*id as i64, *attempts as i64, not_before_ms])?;
             }
             Op::FinishDownstream { id } => {
-                st.get(SQL_FINISH)?.execute(params![*id as i64])?;
+                let id = *id as i64;
+                let finished = st.get(SQL_FINISH)?.execute(params![id, now])?;
+                if finished > 0 && id <= at.late_below {
+                    st.get(SQL_LATE)?.execute(params![id])?;
+                }
             }
             Op::ReceiptDone { id } => {
                 st.get(SQL_RECEIPT_DONE)?.execute(params![*id as i64])?;
@@ -127,7 +146,7 @@ fn apply_op(
             Op::Upstream { message_id, then } => {
                 if st.get(SQL_SEEN)?.execute(params![message_id, now])? == 1 {
                     for op in then {
-                        apply_op(st, op, skip_inserts, now, dups, repeated)?;
+                        apply_op(st, op, skip_inserts, at, dups, repeated)?;
                     }
                 } else {
                     repeated.extend(then.iter().filter_map(|op| match op {

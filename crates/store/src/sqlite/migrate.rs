@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_fewer_index_writes.sql"),
     include_str!("../../migrations/0003_accepted_at.sql"),
+    include_str!("../../migrations/0004_retention.sql"),
 ];
 
 /// Brings the database up to [`MIGRATIONS`]; refuses one written by a newer

@@ -24,11 +24,17 @@
 //!
 //! The schema lives in `migrations/`, applied in order and recorded in
 //! `PRAGMA user_version` ([`migrate`]).
+//!
+//! Retention (SPEC §11): the writer thread also deletes finished rows and
+//! upstream ids older than [`StoreOptions::retention`], one small step at a
+//! time and only when no batch is waiting ([`prune`]).
 
 mod apply;
 mod migrate;
+mod prune;
 mod writer;
 
+use crate::retention::{Pruned, StoreOptions};
 use crate::types::{
     Batch, Committed, Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovery, UnroutableRow,
 };
@@ -41,12 +47,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{oneshot, watch};
 
 pub use migrate::MIGRATIONS;
 
 /// Page cache of the writer connection (KiB). The indexes of a busy store
 /// are written all over; a larger cache saves reads of hot pages.
 const WRITER_CACHE_KIB: i64 = 8 * 1024;
+
+/// Size the WAL is cut back to when it restarts after a checkpoint. Under
+/// steady load it stays near the auto-checkpoint size (1000 pages, ~4 MiB)
+/// and this never acts; after a burst (one huge group, a reader that held
+/// a snapshot for long) it keeps the file from staying at its high-water
+/// mark for ever (BENCHMARKS.md, "Retention and disk space").
+pub(crate) const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
 
 /// The "durable up to" marks: highest downstream row id and sequence id of
 /// the batches reported as committed. Reads return nothing above them.
@@ -77,6 +91,7 @@ pub struct SqliteStore {
     _lock: Arc<File>,
     _stop: Arc<StopOnDrop>,
     degraded: Arc<AtomicBool>,
+    pruned: watch::Receiver<Pruned>,
 }
 
 /// Tells the writer to stop when the last [`SqliteStore`] clone is dropped
@@ -113,11 +128,21 @@ fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path` and starts the writer
-    /// and syncer threads; each committed batch is reported on `committed`.
+    /// Opens (creating if needed) the store at `path` with the default
+    /// options (24 hours' retention) and starts the writer and syncer
+    /// threads; each committed batch is reported on `committed`.
     pub fn open(
         path: &Path,
         committed: UnboundedSender<Committed>,
+    ) -> Result<(SqliteStore, Recovery), StoreError> {
+        SqliteStore::open_with(path, committed, StoreOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with the given options.
+    pub fn open_with(
+        path: &Path,
+        committed: UnboundedSender<Committed>,
+        options: StoreOptions,
     ) -> Result<(SqliteStore, Recovery), StoreError> {
         let io = |source| StoreError::Io {
             path: path.to_path_buf(),
@@ -160,6 +185,8 @@ impl SqliteStore {
             .map_err(sql(path))?;
         w.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(sql(path))?;
+        w.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(sql(path))?;
         w.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql(path))?;
         migrate::migrate(&mut w, path)?;
@@ -176,8 +203,25 @@ impl SqliteStore {
         marks.raise(max_id, max_seq);
 
         let degraded = Arc::new(AtomicBool::new(false));
-        let tx = writer::start(w, path, files, committed, marks.clone(), degraded.clone())
-            .map_err(io)?;
+        let (totals, pruned) = watch::channel(Pruned::default());
+        let cursor: i64 = w
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'prune_cursor'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql(path))?;
+        let pruner = prune::Pruner::new(&options, totals, cursor);
+        let tx = writer::start(
+            w,
+            path,
+            files,
+            committed,
+            marks.clone(),
+            degraded.clone(),
+            pruner,
+        )
+        .map_err(io)?;
         #[cfg(test)]
         let test_marks = marks.clone();
         let reader = start_reader(r, path, marks).map_err(io)?;
@@ -191,6 +235,7 @@ impl SqliteStore {
                 _lock: Arc::new(lock),
                 _stop: Arc::new(StopOnDrop(tx)),
                 degraded,
+                pruned,
             },
             recovery,
         ))
@@ -382,6 +427,25 @@ impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
+
+    fn prune_now(&self) -> BoxFuture<'static, ReadResult<Pruned>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.tx.send(writer::ToWriter::Prune(tx));
+        let path = self.path.clone();
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Stopped)?;
+            rx.await
+                .map_err(|_| StoreError::Stopped)?
+                .map_err(|e| StoreError::Backend {
+                    what: format!("sqlite error on {} while pruning", path.display()),
+                    source: e.into(),
+                })
+        })
+    }
+
+    fn pruned(&self) -> watch::Receiver<Pruned> {
+        self.pruned.clone()
+    }
 }
 
 /// What the database holds at open: the recovery summary, and the highest
@@ -397,6 +461,14 @@ fn recover(c: &Connection, path: &Path) -> Result<(Recovery, u64, u64), StoreErr
             r.get(0)
         })
         .map_err(sql(path))?;
+    // Pruning may have deleted the highest rows: ids stay above them.
+    let meta_id: i64 = c
+        .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql(path))?
+        .unwrap_or(1);
     let queued: i64 = c
         .query_row("SELECT count(*) FROM downstream WHERE state = 0", [], |r| {
             r.get(0)
@@ -421,7 +493,7 @@ fn recover(c: &Connection, path: &Path) -> Result<(Recovery, u64, u64), StoreErr
     Ok((
         Recovery {
             next_seq,
-            next_id: (max_id + 1) as u64,
+            next_id: meta_id.max(max_id + 1) as u64,
             queued: queued as u64,
             outbox,
         },

@@ -1,9 +1,11 @@
 //! SQLite-specific tests. The interface's contract is tested by the
 //! conformance suite (`tests/conformance_sqlite.rs`); here: migrations of
-//! old files, group commit, and the "durable rows only" marks.
+//! old files, group commit, the "durable rows only" marks, and retention:
+//! the prune statements and the file sizes under waves of traffic.
 
 use super::*;
 use crate::types::{now_ms, NewDownstream, Op};
+use apply::apply_batch;
 use tokio::sync::mpsc::unbounded_channel;
 
 fn new_msg(id: u64, session: &str, mid: &str) -> Op {
@@ -218,4 +220,332 @@ async fn a_retried_batch_still_reports_repeated_upstream() {
     assert_eq!(c.repeated, vec![2], "the repeat must not be delivered");
     let rows = store.load_outbox("s", 0, 10).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
+}
+
+/// The prune walks go in key order without sorting and without an index
+/// of their own: a step costs the rows it reads, whatever the size of the
+/// store.
+#[test]
+fn prune_walks_follow_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Connection::open(dir.path().join("g.db")).unwrap();
+    migrate::migrate(&mut c, dir.path()).unwrap();
+    let plan = |sql: &str, n: usize| -> String {
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let args: Vec<i64> = vec![0; n];
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    };
+    let down = plan(prune::SQL_WALK_DOWNSTREAM, 2);
+    assert!(
+        down.contains("SEARCH downstream USING INTEGER PRIMARY KEY (rowid>?)"),
+        "{down}"
+    );
+    let late = plan(prune::SQL_WALK_LATE, 1);
+    assert!(
+        late.contains("SEARCH d USING INTEGER PRIMARY KEY (rowid=?)"),
+        "{late}"
+    );
+    let up = plan(prune::SQL_WALK_UPSTREAM, 1);
+    for p in [&down, &late, &up] {
+        assert!(!p.contains("TEMP B-TREE"), "sorts: {p}");
+    }
+}
+
+/// One step deletes at most `batch` rows of each table, in key order: it
+/// passes queued rows, stops at the first finished row that is not old
+/// yet, and says when there may be more. A row it passed while queued is
+/// pruned from the late list once finished and old.
+#[test]
+fn a_prune_step_is_bounded_and_walks_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Connection::open(dir.path().join("g.db")).unwrap();
+    migrate::migrate(&mut c, dir.path()).unwrap();
+    for i in 1..=10i64 {
+        // Row 3 is still queued; the others finished at time i.
+        let (state, done_at) = if i == 3 { (0, None) } else { (1, Some(i)) };
+        c.execute(
+            "INSERT INTO downstream (id, session, message_id, expires_at, state, done_at)
+             VALUES (?1, 's', ?2, 0, ?3, ?4)",
+            params![i, format!("m{i}"), state, done_at],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO upstream_seen (message_id, at) VALUES (?1, ?2)",
+            params![format!("u{i}"), i],
+        )
+        .unwrap();
+    }
+    // Row 11: queued, accepted at time 100.
+    c.execute(
+        "INSERT INTO downstream (id, session, message_id, expires_at, accepted_at)
+         VALUES (11, 's', 'm11', 0, 100)",
+        [],
+    )
+    .unwrap();
+    let ids = |c: &Connection| -> Vec<i64> {
+        c.prepare("SELECT id FROM downstream ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    let s = prune::step(&c, 8, 4, 0).unwrap();
+    assert_eq!(
+        (s.pruned.downstream, s.pruned.upstream, s.more),
+        (3, 4, true)
+    );
+    assert_eq!(s.cursor, 4, "the walk passed the row queued for long");
+    assert_eq!(ids(&c), vec![3, 5, 6, 7, 8, 9, 10, 11]);
+    // Row 3 gets its final result (at time 2): the walk is past it.
+    apply_batch(
+        &c,
+        &Batch {
+            no: 1,
+            ops: vec![Op::FinishDownstream { id: 3 }],
+        },
+        false,
+        2,
+        s.cursor,
+    )
+    .unwrap();
+    let s = prune::step(&c, 8, 4, s.cursor).unwrap();
+    // 5, 6, 7 by the walk (8 is not old: it stops there), 3 from the late list.
+    assert_eq!(
+        (s.pruned.downstream, s.pruned.upstream, s.more),
+        (4, 3, false)
+    );
+    assert_eq!(s.cursor, 7);
+    assert_eq!(ids(&c), vec![8, 9, 10, 11]);
+    let late: i64 = c
+        .query_row("SELECT count(*) FROM prune_late", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(late, 0);
+    let meta = |k: &str| -> i64 {
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(meta("prune_cursor"), 7);
+    assert_eq!(meta("next_id"), 8, "above every pruned row");
+    // Later: a row queued since after the cutoff stops the walk.
+    let s = prune::step(&c, 100, 4, s.cursor).unwrap();
+    assert_eq!((s.pruned.downstream, s.cursor, s.more), (3, 10, false));
+    assert_eq!(ids(&c), vec![11]);
+}
+
+/// Rows finished before the upgrade to schema 4 have no time of their
+/// final result: they count from the upgrade, so they are kept a full
+/// retention after it, then pruned.
+#[tokio::test]
+async fn rows_finished_before_the_upgrade_count_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        for m in &MIGRATIONS[..3] {
+            c.execute_batch(m).unwrap();
+        }
+        c.pragma_update(None, "user_version", 3).unwrap();
+        c.execute_batch(
+            "INSERT INTO downstream (id, session, message_id, body, expires_at, state)
+                 VALUES (1, 's', 'done-before', NULL, 0, 1);
+             INSERT INTO downstream (id, session, message_id, body, expires_at)
+                 VALUES (2, 's', 'queued-before', '{}', 9999999999999);
+             INSERT INTO upstream_seen (message_id, at) VALUES ('up-before', 0);",
+        )
+        .unwrap();
+    }
+    let clock = crate::Clock::manual(now_ms());
+    let opts = crate::StoreOptions {
+        retention: Some(Duration::from_secs(3600)),
+        clock: clock.clone(),
+        ..crate::StoreOptions::default()
+    };
+    let (tx, _rx) = unbounded_channel();
+    let (store, rec) = SqliteStore::open_with(&path, tx, opts).unwrap();
+    assert_eq!(rec.next_id, 3);
+    store.prune_now().await.unwrap();
+    // Upstream ids always had their time: the old one goes at once.
+    assert!(!store.upstream_seen("up-before").await.unwrap());
+    assert_eq!(store.pruned().borrow().downstream, 0);
+    clock.advance(Duration::from_secs(3601 + 60));
+    store.prune_now().await.unwrap();
+    assert_eq!(store.pruned().borrow().downstream, 1);
+    assert_eq!(store.counts().await.unwrap().queued, 1);
+}
+
+/// Bytes of the database and its WAL.
+fn store_bytes(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path.to_path_buf(), PathBuf::from(wal)]
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Runs `n` messages (from row id `first`) through the writes of their
+/// life: insert, final result + DOWNSTREAM_ACK line, the BAL's ACK; every
+/// fifth also an upstream id with its line.
+async fn wave(
+    store: &SqliteStore,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Committed>,
+    no: &mut u64,
+    first: u64,
+    n: u64,
+) {
+    let s: Arc<str> = Arc::from("com.example.app");
+    for chunk in (first..first + n).collect::<Vec<_>>().chunks(256) {
+        let mut ins: Vec<Op> = chunk
+            .iter()
+            .map(|&id| new_msg(id, &s, &format!("bench-0badf00d-{id}")))
+            .collect();
+        ins.extend(
+            chunk
+                .iter()
+                .filter(|id| *id % 5 == 0)
+                .map(|id| Op::Upstream {
+                    message_id: format!("0:1700000000000000%{id:016x}"),
+                    then: vec![Op::InsertOutbox {
+                        seq: id * 2 + 1,
+                        session: s.clone(),
+                        body: r#"{"message_type":"UPSTREAM","data":{"k":"v"}}"#.into(),
+                    }],
+                }),
+        );
+        let mut done = Vec::new();
+        let mut acks = Vec::new();
+        for &id in chunk {
+            done.push(Op::FinishDownstream { id });
+            done.push(Op::InsertOutbox {
+                seq: id * 2,
+                session: s.clone(),
+                body: format!(r#"{{"message_type":"DOWNSTREAM_ACK","message_id":"bench-0badf00d-{id}","fcm_data":{{"from":"d","message_type":"ack"}}}}"#).into(),
+            });
+            for seq in [id * 2, id * 2 + 1] {
+                acks.push(Op::DeleteOutbox {
+                    session: s.clone(),
+                    seq,
+                });
+            }
+        }
+        for ops in [ins, done, acks] {
+            *no += 1;
+            commit(store, rx, *no, ops).await;
+        }
+    }
+}
+
+/// Waves of traffic with a short retention keep the store's files (db +
+/// WAL) from growing wave over wave: each wave's rows are pruned in the
+/// background during the next (awaited on the pruned counter), and their
+/// pages are reused. The same traffic without retention grows the files
+/// by every wave (the reference: the bound is not met by accident).
+#[tokio::test]
+async fn files_stay_flat_over_waves_with_retention() {
+    const WAVES: u64 = 8;
+    const PER_WAVE: u64 = 12_000;
+    let hour = Duration::from_secs(3600);
+    let mut sizes = Vec::new();
+    for retention in [Some(hour), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let clock = crate::Clock::manual(now_ms());
+        let (tx, mut rx) = unbounded_channel();
+        let (store, _) = SqliteStore::open_with(
+            &path,
+            tx,
+            crate::StoreOptions {
+                retention,
+                clock: clock.clone(),
+                // Look again soon after a pass (1 s by default), so that a
+                // wave's rows are pruned as soon as they are old.
+                prune_interval: Duration::from_millis(10),
+                ..crate::StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let mut pruned = store.pruned();
+        let mut no = 0;
+        let mut per_wave = Vec::new();
+        for w in 0..WAVES {
+            wave(&store, &mut rx, &mut no, 1 + w * PER_WAVE, PER_WAVE).await;
+            if retention.is_some() && w > 0 {
+                // Every earlier wave is past the retention: wait until the
+                // background pruner has removed it.
+                let want = w * PER_WAVE;
+                tokio::time::timeout(Duration::from_secs(60), async {
+                    while pruned.borrow_and_update().downstream < want {
+                        pruned.changed().await.unwrap();
+                    }
+                })
+                .await
+                .expect("the earlier waves were not pruned");
+                assert_eq!(pruned.borrow().upstream, want / 5);
+            }
+            clock.advance(hour + Duration::from_millis(1));
+            per_wave.push(store_bytes(&path));
+        }
+        sizes.push(per_wave);
+    }
+    let (with, without) = (&sizes[0], &sizes[1]);
+    // Two waves of rows live at the peak from the third wave on.
+    let steady = with[2];
+    for (w, &b) in with.iter().enumerate().skip(3) {
+        assert!(
+            b <= steady + steady / 10,
+            "wave {}: {b} bytes, {steady} after wave 3 (all: {with:?})",
+            w + 1
+        );
+    }
+    assert!(
+        without[WAVES as usize - 1] > 2 * with[WAVES as usize - 1],
+        "without retention the files should keep growing: {without:?} vs {with:?}"
+    );
+}
+
+/// After a burst has grown the WAL far beyond its usual size, the file is
+/// cut back to [`WAL_SIZE_LIMIT`] once it restarts (`journal_size_limit`),
+/// instead of staying at its high-water mark.
+#[tokio::test]
+async fn the_wal_is_cut_back_after_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let (tx, mut rx) = unbounded_channel();
+    let (store, _) = SqliteStore::open(&path, tx).unwrap();
+    let wal = || {
+        std::fs::metadata(dir.path().join("g.db-wal"))
+            .unwrap()
+            .len()
+    };
+    // One batch of ~30 MiB: a single transaction, all of it in the WAL.
+    let pad = "x".repeat(600);
+    let big: Vec<Op> = (1..=50_000u64)
+        .map(|i| match new_msg(i, "s", &format!("m{i}")) {
+            Op::InsertDownstream(mut n) => {
+                n.body = format!(r#"{{"to":"t","pad":"{pad}"}}"#);
+                Op::InsertDownstream(n)
+            }
+            op => op,
+        })
+        .collect();
+    commit(&store, &mut rx, 1, big).await;
+    let high = wal();
+    assert!(
+        high > 2 * WAL_SIZE_LIMIT as u64,
+        "the burst left {high} bytes"
+    );
+    // The commit checkpointed it (auto-checkpoint); the next commits
+    // restart the WAL from its start, and the first of them truncates it.
+    for no in 2..=4 {
+        commit(&store, &mut rx, no, vec![new_msg(100_000 + no, "s", "x")]).await;
+    }
+    let after = wal();
+    assert!(
+        after <= WAL_SIZE_LIMIT as u64,
+        "WAL still {after} bytes after the burst ({high} at its peak)"
+    );
 }

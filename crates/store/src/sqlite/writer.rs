@@ -8,15 +8,19 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::apply::apply_batch;
+use super::prune::{PassResult, Pruner, PRUNE_STEPS_PER_TXN};
 use super::Marks;
+use crate::retention::Pruned;
 use crate::types::{batch_marks, Batch, Committed, Op};
 use rusqlite::{params, Connection};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 /// Most batches that share one transaction.
 const MAX_GROUP: usize = 512;
@@ -27,6 +31,9 @@ pub(crate) enum ToWriter {
     Batch(Batch),
     /// The syncer made this many commits durable.
     Synced(usize),
+    /// Run a prune pass now; answer with what it removed once it is over
+    /// and committed.
+    Prune(oneshot::Sender<PassResult>),
     /// The last store handle is gone: commit, sync and stop.
     Stop,
 }
@@ -39,6 +46,7 @@ pub(crate) fn start(
     committed: UnboundedSender<Committed>,
     marks: Arc<Marks>,
     degraded: Arc<AtomicBool>,
+    pruner: Pruner,
 ) -> std::io::Result<mpsc::Sender<ToWriter>> {
     let (tx, rx) = mpsc::channel::<ToWriter>();
     let (sync_tx, sync_rx) = mpsc::channel::<Durable>();
@@ -49,7 +57,7 @@ pub(crate) fn start(
     let db_path = path.to_path_buf();
     std::thread::Builder::new()
         .name("gimmm-store".into())
-        .spawn(move || writer_loop(conn, &db_path, rx, sync_tx, &degraded))?;
+        .spawn(move || writer_loop(conn, &db_path, rx, sync_tx, &degraded, pruner))?;
     Ok(tx)
 }
 
@@ -117,7 +125,9 @@ struct Durable {
     started: Instant,
 }
 
-/// The open transaction: batches applied so far.
+/// The open transaction: batches applied so far, and prune steps. A
+/// transaction of prune steps only (no batch yet) is committed without the
+/// syncer; as soon as a batch joins, it is a group like any other.
 struct Open {
     batches: Vec<Batch>,
     /// Per batch: duplicate inserts, repeated upstream outbox seqs.
@@ -125,6 +135,27 @@ struct Open {
     max_seq: u64,
     max_id: u64,
     started: Instant,
+    /// Rows prune steps deleted inside this transaction.
+    pruned: Pruned,
+    /// Prune steps run inside it.
+    prune_steps: usize,
+    /// Its last prune step found nothing more to delete.
+    pass_over: bool,
+}
+
+impl Open {
+    fn new() -> Open {
+        Open {
+            batches: Vec::new(),
+            dups: Vec::new(),
+            max_seq: 0,
+            max_id: 0,
+            started: Instant::now(),
+            pruned: Pruned::default(),
+            prune_steps: 0,
+            pass_over: false,
+        }
+    }
 }
 
 fn writer_loop(
@@ -133,6 +164,7 @@ fn writer_loop(
     rx: mpsc::Receiver<ToWriter>,
     to_sync: mpsc::Sender<Durable>,
     degraded: &AtomicBool,
+    mut pruner: Pruner,
 ) {
     let mut open: Option<Open> = None;
     // Commits handed to the syncer and not synced yet.
@@ -147,12 +179,18 @@ fn writer_loop(
         // here instead when idle was measured: it puts the apply time of
         // the batches that arrived during the flush on the critical path,
         // +0.3 ms median latency at 10k msg/s.)
-        let commit_now = open
-            .as_ref()
-            .is_some_and(|o| in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping);
+        let commit_now = open.as_ref().is_some_and(|o| {
+            !o.batches.is_empty() && (in_sync == 0 || o.batches.len() >= MAX_GROUP || stopping)
+        });
         if commit_now {
             if let Some(o) = open.take() {
-                let d = commit(&mut conn, path, o, degraded);
+                let (pruned, pass_over) = (o.pruned, o.pass_over);
+                let (d, ok) = commit(&mut conn, path, o, degraded, &mut pruner);
+                if ok {
+                    pruner.committed(pruned, pass_over);
+                } else {
+                    pruner.rolled_back();
+                }
                 in_sync += 1;
                 if to_sync.send(d).is_err() {
                     return;
@@ -160,37 +198,107 @@ fn writer_loop(
             }
             continue;
         }
+        // Prune steps alone: committed when their pass is over, when they
+        // are many, or when stopping — without an fsync (a prune lost in a
+        // crash is done again; the next group's fsync covers it).
+        let prune_only_done = open.as_ref().is_some_and(|o| {
+            o.batches.is_empty()
+                && (o.pass_over || o.prune_steps >= PRUNE_STEPS_PER_TXN || stopping)
+        });
+        if prune_only_done {
+            if let Some(o) = open.take() {
+                commit_prune_only(&conn, o, &mut pruner);
+            }
+            continue;
+        }
         if stopping && open.is_none() && in_sync == 0 {
             return;
         }
-        let Ok(msg) = rx.recv() else { return };
+        // Retention: a prune step only when no message is waiting (see
+        // `prune`); otherwise block until a message comes or the next step
+        // is due.
+        let capped = open
+            .as_ref()
+            .is_some_and(|o| o.prune_steps >= PRUNE_STEPS_PER_TXN);
+        let msg = if stopping {
+            rx.recv().ok()
+        } else if !capped && pruner.wants_step() {
+            match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    if open.is_none() {
+                        match conn.execute_batch("BEGIN IMMEDIATE") {
+                            Ok(()) => open = Some(Open::new()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "store: cannot start pruning; trying again later");
+                                pruner.failed(&e, true);
+                                continue;
+                            }
+                        }
+                    }
+                    let lost = open
+                        .as_mut()
+                        .and_then(|o| prune_in_open(&conn, o, &mut pruner).err());
+                    if let Some(e) = lost {
+                        // The error took the open transaction with it: as
+                        // when a batch fails to apply.
+                        let _ = conn.execute_batch("ROLLBACK");
+                        pruner.failed(&e, true);
+                        if let Some(o) = open.take().filter(|o| !o.batches.is_empty()) {
+                            let d = refuse_inserts(&mut conn, path, o, &e, degraded, &pruner);
+                            in_sync += 1;
+                            if to_sync.send(d).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match pruner.wait().filter(|_| !capped) {
+                Some(d) => match rx.recv_timeout(d) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+                // Capped: the group's commit (a Synced message) comes first.
+                None => rx.recv().ok(),
+            }
+        };
+        let Some(msg) = msg else { return };
         match msg {
             ToWriter::Synced(n) => in_sync = in_sync.saturating_sub(n),
             ToWriter::Stop => stopping = true,
+            ToWriter::Prune(tx) => {
+                pruner.request(tx);
+                // The answer must come from a step run after the request.
+                if let Some(o) = open.as_mut() {
+                    o.pass_over = false;
+                }
+            }
             ToWriter::Batch(b) => {
-                let o = open.get_or_insert_with(|| Open {
-                    batches: Vec::new(),
-                    dups: Vec::new(),
-                    max_seq: 0,
-                    max_id: 0,
-                    started: Instant::now(),
-                });
+                let fresh = open.is_none();
+                let o = open.get_or_insert_with(Open::new);
                 let (id, seq) = batch_marks(&b);
                 o.max_id = o.max_id.max(id);
                 o.max_seq = o.max_seq.max(seq);
-                let applied = if o.batches.is_empty() {
+                let (now, late) = (pruner.now_ms(), pruner.late_below());
+                let applied = if fresh {
                     conn.execute_batch("BEGIN IMMEDIATE")
-                        .and_then(|_| apply_batch(&conn, &b, false))
+                        .and_then(|_| apply_batch(&conn, &b, false, now, late))
                 } else {
-                    apply_batch(&conn, &b, false)
+                    apply_batch(&conn, &b, false, now, late)
                 };
                 o.batches.push(b);
                 match applied {
                     Ok(d) => o.dups.push(d),
                     Err(e) => {
                         let _ = conn.execute_batch("ROLLBACK");
+                        pruner.rolled_back();
                         if let Some(o) = open.take() {
-                            let d = refuse_inserts(&mut conn, path, o, &e, degraded);
+                            let d = refuse_inserts(&mut conn, path, o, &e, degraded, &pruner);
                             in_sync += 1;
                             if to_sync.send(d).is_err() {
                                 return;
@@ -213,13 +321,63 @@ fn bump_next_seq(conn: &Connection, max_seq: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Commits the open transaction (no fsync: the syncer does that).
-fn commit(conn: &mut Connection, path: &Path, o: Open, degraded: &AtomicBool) -> Durable {
+/// A prune step inside the open transaction, in a savepoint so that a
+/// failing step leaves the batches applied. `Err` only when the error
+/// rolled back the whole transaction (SQLite does for I/O errors and a full
+/// disk).
+fn prune_in_open(conn: &Connection, o: &mut Open, pruner: &mut Pruner) -> rusqlite::Result<()> {
+    let r = conn
+        .execute_batch("SAVEPOINT prune")
+        .and_then(|_| pruner.step(conn))
+        .and_then(|s| conn.execute_batch("RELEASE prune").map(|_| s));
+    o.prune_steps += 1;
+    match r {
+        Ok(s) => {
+            o.pruned.add(s.pruned);
+            o.pass_over = !s.more;
+            Ok(())
+        }
+        Err(e) if conn.is_autocommit() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "store: a prune step failed; trying again later");
+            pruner.failed(&e, false);
+            // This pass is over (its callers have the error); what earlier
+            // steps deleted is committed with the transaction.
+            o.pass_over = true;
+            conn.execute_batch("ROLLBACK TO prune; RELEASE prune")
+        }
+    }
+}
+
+/// Commits a transaction of prune steps only, without an fsync.
+fn commit_prune_only(conn: &Connection, o: Open, pruner: &mut Pruner) {
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => pruner.committed(o.pruned, o.pass_over),
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            tracing::warn!(error = %e, "store: committing pruned rows failed; trying again later");
+            pruner.failed(&e, true);
+        }
+    }
+}
+
+/// Commits the open transaction (no fsync: the syncer does that). The flag
+/// is false when the commit failed and the batches were applied again
+/// without their new messages.
+fn commit(
+    conn: &mut Connection,
+    path: &Path,
+    o: Open,
+    degraded: &AtomicBool,
+    pruner: &mut Pruner,
+) -> (Durable, bool) {
     let res = bump_next_seq(conn, o.max_seq).and_then(|_| conn.execute_batch("COMMIT"));
     match res {
         Ok(()) => {
             let n = o.batches.len();
-            Durable {
+            let d = Durable {
                 outcomes: o
                     .batches
                     .iter()
@@ -235,11 +393,15 @@ fn commit(conn: &mut Connection, path: &Path, o: Open, degraded: &AtomicBool) ->
                 max_id: o.max_id,
                 max_seq: o.max_seq,
                 started: o.started,
-            }
+            };
+            (d, true)
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            refuse_inserts(conn, path, o, &e, degraded)
+            // Before the batches are applied again: their final results
+            // are put on the late list against the committed cursor.
+            pruner.rolled_back();
+            (refuse_inserts(conn, path, o, &e, degraded, pruner), false)
         }
     }
 }
@@ -253,6 +415,7 @@ fn refuse_inserts(
     o: Open,
     e: &rusqlite::Error,
     degraded: &AtomicBool,
+    pruner: &Pruner,
 ) -> Durable {
     // While this lasts the engine refuses new messages at once instead of
     // queueing them behind the stuck write.
@@ -273,7 +436,7 @@ fn refuse_inserts(
         .collect();
     let mut delay = Duration::from_millis(50);
     let repeated = loop {
-        match apply_all(conn, &o.batches) {
+        match apply_all(conn, &o.batches, pruner.now_ms(), pruner.late_below()) {
             Ok(r) => break r,
             Err(e) => {
                 tracing::warn!(error = %e, "store still failing; retrying");
@@ -311,12 +474,17 @@ fn refuse_inserts(
 /// commits; per batch, the outbox seqs of its repeated upstream messages
 /// (as [`Committed::repeated`]: the engine must not deliver those, also
 /// when their batch went through this slow path).
-fn apply_all(conn: &mut Connection, group: &[Batch]) -> rusqlite::Result<Vec<Vec<u64>>> {
+fn apply_all(
+    conn: &mut Connection,
+    group: &[Batch],
+    now: i64,
+    late_below: i64,
+) -> rusqlite::Result<Vec<Vec<u64>>> {
     let tx = conn.transaction()?;
     let mut max_seq = 0u64;
     let mut repeated = Vec::with_capacity(group.len());
     for b in group {
-        let (_, r) = apply_batch(&tx, b, true)?;
+        let (_, r) = apply_batch(&tx, b, true, now, late_below)?;
         repeated.push(r);
         max_seq = max_seq.max(batch_marks(b).1);
     }
