@@ -22,7 +22,7 @@ use super::durability::{AckUpstream, Effect, IngressStored};
 use crate::link::{LinkId, MsgId, UpstreamToken};
 use crate::metrics as m;
 use bal::proto::line;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use store::{Op, ReadResult, ReceiptTarget};
 
@@ -55,10 +55,13 @@ struct Route {
 #[derive(Debug)]
 pub(crate) struct InboundState {
     recent: HashSet<String>,
-    receipts: HashMap<Arc<str>, (Arc<str>, MsgId)>,
-    /// Keys of `receipts` in insertion order, to forget the oldest first
-    /// (the receipts of the newest messages are the likely next ones).
-    receipt_order: VecDeque<Arc<str>>,
+    /// Acked messages waiting for their receipt, in two generations: new
+    /// ones go to the young map; when it holds half the bound it becomes
+    /// the old one and the previous old one is forgotten (the store still
+    /// answers for those). So the oldest go first (the receipts of the
+    /// newest messages are the likely next ones), and an entry whose
+    /// receipt came is freed at once.
+    receipts: ReceiptMemory,
     parked: HashMap<u64, Parked>,
     parked_ids: HashMap<String, u64>,
     next_key: u64,
@@ -72,8 +75,7 @@ impl Default for InboundState {
     fn default() -> Self {
         InboundState {
             recent: HashSet::new(),
-            receipts: HashMap::new(),
-            receipt_order: VecDeque::new(),
+            receipts: ReceiptMemory::default(),
             parked: HashMap::new(),
             parked_ids: HashMap::new(),
             next_key: 0,
@@ -100,23 +102,35 @@ impl InboundState {
     /// `message_id` (row `id` of `session`) was acked and asked for a
     /// receipt.
     pub(crate) fn expect_receipt(&mut self, message_id: Arc<str>, session: Arc<str>, id: MsgId) {
-        // Entries whose receipt came are gone from the map but still in the
-        // order queue: skip over them while making room.
-        while self.receipts.len() >= MAX_RECEIPT_MEMORY
-            || self.receipt_order.len() >= 2 * MAX_RECEIPT_MEMORY
-        {
-            let Some(old) = self.receipt_order.pop_front() else {
-                break;
-            };
-            self.receipts.remove(&old);
+        self.receipts.insert(message_id, session, id);
+    }
+}
+
+/// See [`InboundState::receipts`].
+#[derive(Debug, Default)]
+struct ReceiptMemory {
+    young: HashMap<Arc<str>, (Arc<str>, MsgId)>,
+    old: HashMap<Arc<str>, (Arc<str>, MsgId)>,
+}
+
+impl ReceiptMemory {
+    fn insert(&mut self, message_id: Arc<str>, session: Arc<str>, id: MsgId) {
+        if self.young.len() >= MAX_RECEIPT_MEMORY / 2 {
+            self.old = std::mem::take(&mut self.young);
         }
-        if self
-            .receipts
-            .insert(message_id.clone(), (session, id))
-            .is_none()
-        {
-            self.receipt_order.push_back(message_id);
-        }
+        self.old.remove(&message_id);
+        self.young.insert(message_id, (session, id));
+    }
+
+    fn remove(&mut self, message_id: &str) -> Option<(Arc<str>, MsgId)> {
+        self.young
+            .remove(message_id)
+            .or_else(|| self.old.remove(message_id))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
     }
 }
 
@@ -346,5 +360,42 @@ impl Core {
         });
         self.dur
             .effect(Effect::IngressStored(IngressStored { id, seq }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn id(i: usize) -> Arc<str> {
+        Arc::from(format!("m-{i}"))
+    }
+
+    /// The memory never holds more than its bound, forgets the oldest
+    /// first, keeps the newest half at least, and frees an entry as soon
+    /// as its receipt takes it.
+    #[test]
+    fn receipt_memory_is_bounded_and_forgets_the_oldest() {
+        let mut m = ReceiptMemory::default();
+        let s: Arc<str> = Arc::from("s");
+        let n = 3 * MAX_RECEIPT_MEMORY + 7;
+        for i in 0..n {
+            m.insert(id(i), s.clone(), i as MsgId);
+            assert!(m.len() <= MAX_RECEIPT_MEMORY);
+        }
+        for i in n - MAX_RECEIPT_MEMORY / 2..n {
+            assert_eq!(m.remove(&id(i)).unwrap().1, i as MsgId);
+        }
+        assert!(m.remove(&id(0)).is_none(), "the oldest are forgotten");
+        let before = m.len();
+        let newest_old = n - MAX_RECEIPT_MEMORY / 2 - 1;
+        assert!(m.remove(&id(newest_old)).is_some());
+        assert_eq!(m.len(), before - 1);
+        // The same id again replaces its entry.
+        m.insert(id(1), s.clone(), 10);
+        m.insert(id(1), s, 11);
+        assert_eq!(m.remove(&id(1)).unwrap().1, 11);
+        assert!(m.remove(&id(1)).is_none());
     }
 }
