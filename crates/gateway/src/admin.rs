@@ -62,8 +62,9 @@ impl AdminState {
 pub use crate::metrics::{prometheus, METRICS};
 
 /// How often histogram samples are folded into their buckets even when
-/// nobody scrapes (the recorder otherwise buffers every sample).
-const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// nobody scrapes (the recorder otherwise buffers every sample: 8 bytes per
+/// message per histogram; at 100k msg/s, 5 s of them were 4 MB of RSS).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
