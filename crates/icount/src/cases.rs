@@ -169,9 +169,8 @@ fn ccs_decode_ack(n: u64) -> Result<u64, String> {
         Ok(Some(xmpp::Event::StreamStart { .. })) => {}
         other => return Err(format!("no stream header: {other:?}")),
     }
-    let ack = format!(
-        r#"{{"from":"{TOKEN}","message_id":"bench-1234abcd-42","message_type":"ack"}}"#
-    );
+    let ack =
+        format!(r#"{{"from":"{TOKEN}","message_id":"bench-1234abcd-42","message_type":"ack"}}"#);
     let stanza = xmpp::writer::gcm_message(None, &ack);
     let mut sum = 0u64;
     for _ in 0..n {
@@ -293,8 +292,9 @@ fn store_lifecycle(n: u64) -> Result<u64, String> {
         clock: store::Clock::manual(1_700_000_000_000),
         ..store::StoreOptions::default()
     };
-    let (store, _) = store::sqlite::SqliteStore::open_with(&dir.path().join("icount.db"), tx, options)
-        .map_err(|e| format!("open: {e}"))?;
+    let (store, _) =
+        store::sqlite::SqliteStore::open_with(&dir.path().join("icount.db"), tx, options)
+            .map_err(|e| format!("open: {e}"))?;
     let mut rig = StoreRig {
         store,
         committed: rx,
