@@ -613,3 +613,45 @@ async fn accepted_messages_survive_a_restart_and_are_sent_after_it() {
     assert_eq!(env.emu.stats().delivered, 5);
     env.stop().await;
 }
+
+// ----- SPEC §10 on this link: the ingress with HTTP v1 ----------------------
+
+/// The ingress works the same with the HTTP v1 link (issue 11, "works with
+/// either FCM link"): a post is answered 202 and its UPSTREAM reaches the
+/// BAL, while a downstream message of the same session goes out over v1.
+#[tokio::test]
+async fn ingress_upstream_and_v1_downstream_side_by_side() {
+    const KEY: &str = "v1-app-key-0123456789";
+    let env = start(V1Faults::default(), |cfg| {
+        testkit::ingress_config(cfg, None, &[KEY]);
+    })
+    .await;
+    let mut c = env.bal().await;
+    c.downstream(None, msg("device-1", "down-1")).await.unwrap();
+    let ingress = testkit::IngressClient::plain(env.gw().ingress_addr.unwrap());
+    let r = ingress
+        .post_json(
+            Some(KEY),
+            &testkit::upstream_body(SESSION, "up-1", "device-2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{r:?}");
+    let up = recv_until(&mut c, WAIT, |m| matches!(m, ToBal::Upstream { .. }))
+        .await
+        .unwrap();
+    let ToBal::Upstream { fcm_data, .. } = &up else {
+        unreachable!()
+    };
+    assert_eq!(fcm_data["message_id"], "up-1");
+    assert_eq!(fcm_data["from"], "device-2");
+    assert_eq!(fcm_data["source"], "ingress");
+    let ack = final_of(&mut c, "down-1").await;
+    assert!(
+        matches!(&ack, ToBal::DownstreamAck { fcm_data, .. } if fcm_data["name"].is_string()),
+        "{ack:?}"
+    );
+    let st = env.wait_emu("one delivery", |s| s.delivered >= 1).await;
+    assert_eq!(st.delivered, 1);
+    env.stop().await;
+}
