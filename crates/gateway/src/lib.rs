@@ -20,6 +20,7 @@ pub mod config;
 pub mod engine;
 pub mod ingress;
 pub mod link;
+pub mod listen;
 pub mod lograte;
 pub mod metrics;
 pub mod session;
@@ -157,13 +158,14 @@ impl Gateway {
             next_seq = recovery.next_seq,
             "store open"
         );
-        let bal_listener = tokio::net::TcpListener::bind(&cfg.bal.listen)
-            .await
-            .map_err(|source| GatewayError::Bind {
-                what: "bal.listen",
-                addr: cfg.bal.listen.clone(),
-                source,
-            })?;
+        let bal_listener =
+            listen::bind(&cfg.bal.listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    what: "bal.listen",
+                    addr: cfg.bal.listen.clone(),
+                    source,
+                })?;
         let bal_addr = bal_listener
             .local_addr()
             .map_err(|source| GatewayError::Bind {
@@ -171,19 +173,18 @@ impl Gateway {
                 addr: cfg.bal.listen.clone(),
                 source,
             })?;
-        let admin_listener = if cfg.admin.listen.is_empty() {
-            None
-        } else {
-            Some(
-                tokio::net::TcpListener::bind(&cfg.admin.listen)
-                    .await
-                    .map_err(|source| GatewayError::Bind {
+        let admin_listener =
+            if cfg.admin.listen.is_empty() {
+                None
+            } else {
+                Some(listen::bind(&cfg.admin.listen).await.map_err(|source| {
+                    GatewayError::Bind {
                         what: "admin.listen",
                         addr: cfg.admin.listen.clone(),
                         source,
-                    })?,
-            )
-        };
+                    }
+                })?)
+            };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let retry = &cfg.retry;

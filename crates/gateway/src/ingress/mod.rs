@@ -93,28 +93,6 @@ fn router(state: Arc<handler::IngressState>) -> Router {
         .with_state(state)
 }
 
-/// Connections the kernel may hold for us before we accept them. tokio's
-/// `TcpListener::bind` asks for 128 (the standard library's value): a
-/// burst of a few hundred connects from devices then loses SYNs, and each
-/// lost one costs its client a second (the SYN retransmission timeout).
-/// The kernel caps this at `net.core.somaxconn`.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds `addr` with [`LISTEN_BACKLOG`].
-fn bind_listener(addr: &str) -> std::io::Result<TcpListener> {
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// The TLS acceptor for `cert` and `key` (PEM files).
 fn tls_acceptor(
     cert: &std::path::Path,
@@ -164,10 +142,13 @@ impl Ingress {
                 },
             );
         }
-        let listener = bind_listener(&ic.listen).map_err(|source| IngressError::Bind {
-            addr: ic.listen.clone(),
-            source,
-        })?;
+        let listener =
+            crate::listen::bind(&ic.listen)
+                .await
+                .map_err(|source| IngressError::Bind {
+                    addr: ic.listen.clone(),
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| IngressError::Bind {
             addr: ic.listen.clone(),
             source,
