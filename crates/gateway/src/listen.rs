@@ -42,17 +42,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// 600 connects at once all complete without a SYN retransmission
-    /// (each would take a second): none waits in a full accept queue,
-    /// although nothing accepts until they are all in.
+    /// 600 connects at once (fewer if the kernel's cap is lower) all
+    /// complete although nothing accepts until they are all in: none waits
+    /// in a full accept queue. (With tokio's backlog of 128 the rest wait
+    /// for ever, their SYNs dropped and retransmitted: the 5 s deadline
+    /// fails the test.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_connects_fits_the_queue() {
+        // The kernel caps the queue at net.core.somaxconn (4096 on kernels
+        // since 5.4; 128 before): stay under it, above tokio's 128.
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(4096);
+        let n = 600.min(cap.saturating_sub(8)).max(1);
         let l = bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let connects: Vec<_> = (0..600)
+        let connects: Vec<_> = (0..n)
             .map(|_| tokio::spawn(tokio::net::TcpStream::connect(addr)))
             .collect();
-        let t = tokio::time::Instant::now();
         let all = async {
             let mut streams = Vec::new();
             for c in connects {
@@ -62,14 +70,8 @@ mod tests {
         };
         let _streams = tokio::time::timeout(std::time::Duration::from_secs(5), all)
             .await
-            .expect("connects still waiting after 5 s: SYNs were dropped");
-        // A lost SYN is retransmitted after 1 s: all in well before that.
-        assert!(
-            t.elapsed() < std::time::Duration::from_millis(900),
-            "connects took {:?}: SYNs were dropped",
-            t.elapsed()
-        );
-        for _ in 0..600 {
+            .expect("connects still waiting after 5 s: the accept queue is full");
+        for _ in 0..n {
             l.accept().await.unwrap();
         }
     }
