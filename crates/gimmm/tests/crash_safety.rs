@@ -127,11 +127,7 @@ async fn sigkill_mid_flight_loses_nothing() {
 async fn sigkill_mid_flight_loses_nothing_on_http_v1() {
     use emulator::v1::{V1Config, V1Emulator, V1Faults};
     let dir = tempfile::tempdir().unwrap();
-    let sa = dir.path().join("sa.json");
-    let ca = dir.path().join("ca.pem");
     let emu = V1Emulator::start(V1Config {
-        service_account_out: Some(sa.clone()),
-        ca_out: Some(ca.clone()),
         faults: V1Faults {
             latency: Duration::from_millis(1),
             ..V1Faults::default()
@@ -140,18 +136,9 @@ async fn sigkill_mid_flight_loses_nothing_on_http_v1() {
     })
     .await
     .unwrap();
-    let mut cfg = gateway::config::Config::default();
-    cfg.fcm.api = gateway::config::Api::HttpV1;
-    cfg.fcm.service_account_file = Some(sa);
-    cfg.fcm.ca_file = Some(ca);
-    cfg.fcm.endpoint = emu.endpoint().to_string();
+    let mut cfg = testkit::v1_emulator_config(&emu, dir.path(), &[(SESSION, TOKEN)]).unwrap();
     cfg.fcm.connections = 2;
-    cfg.retry.initial_ms = 20;
-    cfg.retry.max_ms = 500;
-    cfg.bal.listen = "127.0.0.1:0".into();
     cfg.admin.listen = String::new();
-    cfg.store.path = dir.path().join("gimmm.db");
-    cfg.bal.sessions = vec![gateway::config::SessionConfig::new(SESSION, TOKEN)];
     let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm")).dir(dir.path());
     let mut gw = ChildGateway::spawn(&cfg, opts).await.unwrap();
 

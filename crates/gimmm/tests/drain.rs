@@ -187,11 +187,7 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
 async fn sigterm_on_http_v1_sends_fcm_nothing_twice() {
     use emulator::v1::{V1Config, V1Emulator, V1Faults};
     let dir = tempfile::tempdir().unwrap();
-    let sa = dir.path().join("sa.json");
-    let ca = dir.path().join("ca.pem");
     let emu = V1Emulator::start(V1Config {
-        service_account_out: Some(sa.clone()),
-        ca_out: Some(ca.clone()),
         faults: V1Faults {
             latency: Duration::from_millis(200),
             ..V1Faults::default()
@@ -200,17 +196,12 @@ async fn sigterm_on_http_v1_sends_fcm_nothing_twice() {
     })
     .await
     .unwrap();
-    let mut cfg = gateway::config::Config::default();
-    cfg.fcm.api = gateway::config::Api::HttpV1;
-    cfg.fcm.service_account_file = Some(sa);
-    cfg.fcm.ca_file = Some(ca);
-    cfg.fcm.endpoint = emu.endpoint().to_string();
+    let mut cfg = testkit::v1_emulator_config(&emu, dir.path(), &[(SESSION, TOKEN)]).unwrap();
+    // The default retry pacing, as in production.
+    cfg.retry = gateway::config::Config::default().retry;
     cfg.fcm.connections = 2;
     cfg.fcm.shutdown_grace_secs = 20;
-    cfg.bal.listen = "127.0.0.1:0".into();
     cfg.admin.listen = String::new();
-    cfg.store.path = dir.path().join("gimmm.db");
-    cfg.bal.sessions = vec![gateway::config::SessionConfig::new(SESSION, TOKEN)];
     let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm"))
         .dir(dir.path())
         .rust_log("info");

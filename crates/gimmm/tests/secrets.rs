@@ -320,11 +320,7 @@ async fn rust_log_filters_and_human_format_is_default() {
 async fn v1_key_tokens_and_jwts_never_appear_in_debug_logs() {
     use emulator::v1::{V1Config, V1Emulator, V1Faults};
     let dir = tempfile::tempdir().unwrap();
-    let sa = dir.path().join("sa.json");
-    let ca = dir.path().join("ca.pem");
     let emu = V1Emulator::start(V1Config {
-        service_account_out: Some(sa.clone()),
-        ca_out: Some(ca.clone()),
         faults: V1Faults {
             token_lifetime_secs: Some(2),
             ..V1Faults::default()
@@ -333,18 +329,11 @@ async fn v1_key_tokens_and_jwts_never_appear_in_debug_logs() {
     })
     .await
     .unwrap();
-    let mut cfg = Config::default();
-    cfg.fcm.api = gateway::config::Api::HttpV1;
-    cfg.fcm.service_account_file = Some(sa.clone());
-    cfg.fcm.ca_file = Some(ca);
-    cfg.fcm.endpoint = emu.endpoint().to_string();
-    cfg.bal.listen = "127.0.0.1:0".into();
-    cfg.admin.listen = "127.0.0.1:0".into();
-    cfg.store.path = dir.path().join("gimmm.db");
-    cfg.bal.sessions = vec![gateway::config::SessionConfig::new(
-        "com.example.app",
-        TOKEN_APP,
-    )];
+    let mut cfg =
+        testkit::v1_emulator_config(&emu, dir.path(), &[("com.example.app", TOKEN_APP)]).unwrap();
+    // The default retry pacing, as in production.
+    cfg.retry = Config::default().retry;
+    let sa = cfg.fcm.service_account_file.clone().unwrap();
     let served = serve(&cfg, dir.path(), &[], "debug").await;
     let send = |to: &'static str| {
         let bal = served.bal_addr().to_string();

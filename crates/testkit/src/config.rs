@@ -61,15 +61,7 @@ pub fn emulator_config(
     cfg.fcm.sender_id = emu.sender_id().to_string();
     cfg.fcm.server_key = Secret::new(emu.server_key());
     cfg.fcm.ca_file = Some(ca);
-    cfg.retry.initial_ms = 20;
-    cfg.retry.max_ms = 500;
-    cfg.bal.listen = "127.0.0.1:0".into();
-    cfg.bal.sessions = sessions
-        .iter()
-        .map(|(id, token)| SessionConfig::new(*id, *token))
-        .collect();
-    cfg.store.path = dir.join("gimmm.db");
-    cfg.admin.listen = "127.0.0.1:0".into();
+    local_test_defaults(&mut cfg, dir, sessions);
     Ok(cfg)
 }
 
@@ -109,6 +101,14 @@ pub fn v1_emulator_config(
     cfg.fcm.service_account_file = Some(sa);
     cfg.fcm.endpoint = emu.endpoint().to_string();
     cfg.fcm.ca_file = Some(ca);
+    local_test_defaults(&mut cfg, dir, sessions);
+    Ok(cfg)
+}
+
+/// What both emulator configurations share: fast retries (20 ms doubling
+/// up to 500 ms), the BAL and admin listeners on `127.0.0.1:0`, the store
+/// at `dir/gimmm.db`, one BAL session per `(session_id, token)`.
+fn local_test_defaults(cfg: &mut Config, dir: &Path, sessions: &[(&str, &str)]) {
     cfg.retry.initial_ms = 20;
     cfg.retry.max_ms = 500;
     cfg.bal.listen = "127.0.0.1:0".into();
@@ -118,7 +118,6 @@ pub fn v1_emulator_config(
         .collect();
     cfg.store.path = dir.join("gimmm.db");
     cfg.admin.listen = "127.0.0.1:0".into();
-    Ok(cfg)
 }
 
 /// The configuration as TOML. It holds every secret in clear (see

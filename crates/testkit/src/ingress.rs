@@ -157,29 +157,7 @@ impl IngressClient {
     /// closes.
     pub async fn raw(&self, request: &[u8]) -> Result<HttpResponse, IngressClientError> {
         let addr = self.addr;
-        let exchange = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|source| IngressClientError::Io {
-                    addr,
-                    what: "connect",
-                    source,
-                })?;
-            let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                None => exchange(addr, tcp, request).await,
-                Some((c, name)) => {
-                    let s = c.connect(name.clone(), tcp).await.map_err(|source| {
-                        IngressClientError::Io {
-                            addr,
-                            what: "TLS handshake",
-                            source,
-                        }
-                    })?;
-                    exchange(addr, s, request).await
-                }
-            }
-        };
+        let exchange = async { exchange(addr, self.open().await?, request).await };
         tokio::time::timeout(TIMEOUT, exchange)
             .await
             .map_err(|_| IngressClientError::Timeout(addr))?
