@@ -372,26 +372,52 @@ async fn outbox_page(
     after: u64,
     limit: usize,
 ) -> Result<serde_json::Value, ApiError> {
+    let page = if source.is_some() { SCAN_PAGE } else { limit };
+    let (items, next) = scan(
+        after,
+        limit,
+        page,
+        |cursor, n| store.load_outbox(session, cursor, n),
+        |r| r.seq,
+        |r| {
+            let message = json_or_null(&r.body);
+            let from = upstream_source(&message);
+            source.is_none_or(|want| from == Some(want)).then(
+                || serde_json::json!({"sequence_id": r.seq, "source": from, "message": message}),
+            )
+        },
+    )
+    .await?;
+    Ok(serde_json::json!({"state": "outbox", "items": items, "next_after": next}))
+}
+
+/// Reads rows `page` at a time from `after` on and keeps those `pick`
+/// turns into an item, until `limit` items, [`SCAN_MAX`] rows read or the
+/// end; also where a following request resumes (`None` at the end; with a
+/// full last page the next one may be empty: a client just gets [] then).
+async fn scan<T, F>(
+    after: u64,
+    limit: usize,
+    page: usize,
+    mut load: impl FnMut(u64, usize) -> F,
+    key: impl Fn(&T) -> u64,
+    mut pick: impl FnMut(T) -> Option<serde_json::Value>,
+) -> Result<(Vec<serde_json::Value>, Option<u64>), ApiError>
+where
+    F: std::future::Future<Output = Result<Vec<T>, store::StoreError>>,
+{
     let mut cursor = after;
     let mut items = Vec::new();
     let mut scanned = 0usize;
     let mut more = true;
-    let page = if source.is_some() { SCAN_PAGE } else { limit };
     'scan: while items.len() < limit && scanned < SCAN_MAX {
-        let rows = store
-            .load_outbox(session, cursor, page)
-            .await
-            .map_err(internal)?;
+        let rows = load(cursor, page).await.map_err(internal)?;
         let n = rows.len();
         for r in rows {
-            cursor = r.seq;
+            cursor = key(&r);
             scanned += 1;
-            let message = json_or_null(&r.body);
-            let from = upstream_source(&message);
-            if source.is_none_or(|want| from == Some(want)) {
-                items.push(
-                    serde_json::json!({"sequence_id": r.seq, "source": from, "message": message}),
-                );
+            if let Some(item) = pick(r) {
+                items.push(item);
                 if items.len() == limit {
                     break 'scan;
                 }
@@ -402,8 +428,7 @@ async fn outbox_page(
             break;
         }
     }
-    let next = more.then_some(cursor);
-    Ok(serde_json::json!({"state": "outbox", "items": items, "next_after": next}))
+    Ok((items, more.then_some(cursor)))
 }
 
 /// Rows read per store query while filtering queued messages by session.
@@ -427,38 +452,24 @@ async fn queued_page(
     after: u64,
     limit: usize,
 ) -> Result<serde_json::Value, ApiError> {
-    let mut cursor = after;
-    let mut items = Vec::new();
-    let mut scanned = 0usize;
-    let mut more = true;
-    'scan: while items.len() < limit && scanned < SCAN_MAX {
-        let rows = store
-            .load_queued(cursor, SCAN_PAGE)
-            .await
-            .map_err(internal)?;
-        let n = rows.len();
-        for r in rows {
-            cursor = r.id;
-            scanned += 1;
-            if session.is_none_or(|s| s == r.session) {
-                items.push(serde_json::json!({
-                    "id": r.id, "session": r.session, "message_id": r.message_id,
-                    "group_id": r.group_id, "attempts": r.attempts,
-                    "not_before_ms": r.not_before_ms, "accepted_at_ms": r.accepted_at_ms,
-                    "expires_at_ms": r.expires_at_ms,
-                    "fcm_data": json_or_null(&r.body)}));
-                if items.len() == limit {
-                    break 'scan;
-                }
-            }
-        }
-        if n < SCAN_PAGE {
-            more = false;
-            break;
-        }
-    }
-    // With a full page the next one may be empty: a client just gets [] then.
-    let next = more.then_some(cursor);
+    let (items, next) = scan(
+        after,
+        limit,
+        SCAN_PAGE,
+        |cursor, n| store.load_queued(cursor, n),
+        |r| r.id,
+        |r| {
+            session.is_none_or(|s| s == r.session).then(|| {
+                serde_json::json!({
+                "id": r.id, "session": r.session, "message_id": r.message_id,
+                "group_id": r.group_id, "attempts": r.attempts,
+                "not_before_ms": r.not_before_ms, "accepted_at_ms": r.accepted_at_ms,
+                "expires_at_ms": r.expires_at_ms,
+                "fcm_data": json_or_null(&r.body)})
+            })
+        },
+    )
+    .await?;
     Ok(serde_json::json!({"state": "queued", "items": items, "next_after": next}))
 }
 

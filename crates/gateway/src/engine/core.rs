@@ -526,31 +526,25 @@ impl Core {
 
     fn on_downstream(&mut self, inc: Incoming, now: Millis) {
         self.meters.received.increment(1);
-        if self.stopping {
+        let refused = if self.stopping {
             // Draining for a shutdown: take nothing new (SPEC §11).
-            let l = line::error(
-                BalError::ShuttingDown,
-                &format!(
-                    "message {} not accepted: gimmm is shutting down",
-                    inc.message_id
-                ),
-            );
-            if self.sessions.conn(&inc.session) == Some(inc.conn) {
-                self.write_to(inc.conn, l);
-            }
-            return;
-        }
-        if self.store_degraded {
+            Some((BalError::ShuttingDown, "gimmm is shutting down"))
+        } else if self.store_degraded {
             // The store cannot take writes: refuse at once (never ACCEPTED)
             // rather than queue the message behind the stuck write.
-            let l = line::error(
+            Some((
                 BalError::StoreUnavailable,
-                &format!(
-                    "message {} not accepted: the store cannot take writes (disk full?)",
-                    inc.message_id
-                ),
-            );
+                "the store cannot take writes (disk full?)",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, why)) = refused {
             if self.sessions.conn(&inc.session) == Some(inc.conn) {
+                let l = line::error(
+                    code,
+                    &format!("message {} not accepted: {why}", inc.message_id),
+                );
                 self.write_to(inc.conn, l);
             }
             return;

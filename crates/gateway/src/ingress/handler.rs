@@ -114,6 +114,15 @@ fn unauthorized() -> Response {
     )
 }
 
+/// The 404 for a `category` no session has.
+fn unknown_category() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "UNKNOWN_CATEGORY",
+        "no session serves this category",
+    )
+}
+
 fn too_large(max: usize) -> Response {
     with_header(
         error(
@@ -195,16 +204,7 @@ pub(crate) async fn upstream(State(st): State<Arc<IngressState>>, req: Request) 
         }
     };
     let Some(session) = st.sessions.get(&post.category) else {
-        return done(
-            "",
-            "unknown_category",
-            started,
-            error(
-                StatusCode::NOT_FOUND,
-                "UNKNOWN_CATEGORY",
-                "no session serves this category",
-            ),
-        );
+        return done("", "unknown_category", started, unknown_category());
     };
     let label = &*session.id;
     let authorization = parts
@@ -294,16 +294,9 @@ pub(crate) async fn upstream(State(st): State<Arc<IngressState>>, req: Request) 
                 "5",
             ),
         ),
-        IngressResult::UnknownCategory => done(
-            label,
-            "unknown_category",
-            started,
-            error(
-                StatusCode::NOT_FOUND,
-                "UNKNOWN_CATEGORY",
-                "no session serves this category",
-            ),
-        ),
+        IngressResult::UnknownCategory => {
+            done(label, "unknown_category", started, unknown_category())
+        }
     }
 }
 

@@ -99,17 +99,14 @@ pub fn downstream(
             } else {
                 raw.to_string()
             };
-            return Incoming {
-                session: session.clone(),
+            return rejected(
+                session,
                 conn,
                 group_id,
                 message_id,
                 body,
-                ttl_ms: 0,
-                receipt: false,
-                target: String::new(),
-                rejected: Some((fcm::ErrorCode::InvalidJson, format!("fcm_data: {e}"))),
-            };
+                (fcm::ErrorCode::InvalidJson, format!("fcm_data: {e}")),
+            );
         }
     };
     let given = fcm_data
@@ -156,17 +153,37 @@ pub fn downstream(
                 rejected: None,
             }
         }
-        Err(rej) => Incoming {
-            session: session.clone(),
+        Err(rej) => rejected(
+            session,
             conn,
             group_id,
             message_id,
             body,
-            ttl_ms: 0,
-            receipt: false,
-            target: String::new(),
-            rejected: Some((rej.code, rej.description)),
-        },
+            (rej.code, rej.description),
+        ),
+    }
+}
+
+/// A DOWNSTREAM refused by validation: never sent, its REJECT is the
+/// final result.
+fn rejected(
+    session: &Arc<str>,
+    conn: ConnId,
+    group_id: Option<String>,
+    message_id: String,
+    body: String,
+    why: (fcm::ErrorCode, String),
+) -> Incoming {
+    Incoming {
+        session: session.clone(),
+        conn,
+        group_id,
+        message_id,
+        body,
+        ttl_ms: 0,
+        receipt: false,
+        target: String::new(),
+        rejected: Some(why),
     }
 }
 
