@@ -33,8 +33,12 @@ pub(crate) struct Serving {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// Accepts until `shutdown`; each connection runs on its own task.
+/// Accepts until `shutdown`; each connection runs on its own task. Returns
+/// once every connection has finished, so that nothing it holds (the store)
+/// outlives the gateway: a restart in the same process opens the store
+/// again at once.
 pub(crate) async fn accept_loop(listener: TcpListener, s: Serving) {
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -64,8 +68,11 @@ pub(crate) async fn accept_loop(listener: TcpListener, s: Serving) {
             }
         };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(connection(sock, guard, s.clone()));
+        tasks.spawn(connection(sock, guard, s.clone()));
     }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
 }
 
 async fn connection(sock: TcpStream, guard: Arc<ConnGuard>, s: Serving) {
@@ -130,5 +137,80 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(s.read_timeout, conn.as_mut()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::extract::State;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{mpsc, Mutex};
+
+    /// What the test's handler holds: it says when a request is inside and
+    /// waits for the test's word before answering.
+    struct Gate {
+        entered: mpsc::Sender<()>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    /// A request is in progress when the shutdown comes: the accept loop
+    /// returns only after that request was answered and its connection let
+    /// go of the router (and so of the store it holds), so a restart in the
+    /// same process finds the store free.
+    #[tokio::test(flavor = "current_thread")]
+    async fn returns_only_after_every_connection_let_go() {
+        let (entered_tx, mut entered) = mpsc::channel(1);
+        let (release, release_rx) = mpsc::channel(1);
+        let gate = Arc::new(Gate {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        });
+        let app = Router::new()
+            .route(
+                "/",
+                get(|State(g): State<Arc<Gate>>| async move {
+                    g.entered.send(()).await.unwrap();
+                    g.release.lock().await.recv().await;
+                    "ok"
+                }),
+            )
+            .with_state(gate.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let s = Serving {
+            app,
+            tls: None,
+            conns: Conns::new(4),
+            read_timeout: Duration::from_secs(30),
+            shutdown: shutdown.clone(),
+        };
+        let serving = tokio::spawn(accept_loop(listener, s));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        entered.recv().await.unwrap();
+        shutdown.cancel();
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !serving.is_finished(),
+            "returned with a request in progress"
+        );
+        release.send(()).await.unwrap();
+        serving.await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&gate),
+            1,
+            "a connection still holds the router"
+        );
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     }
 }
