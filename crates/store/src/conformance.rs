@@ -19,6 +19,7 @@
 use crate::retention::{Clock, Pruned, StoreOptions};
 use crate::types::{Batch, Committed, NewDownstream, Op, Recovery};
 use crate::{Store, StoreError};
+use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -36,10 +37,10 @@ pub struct Opened {
 /// Opens one implementation's store on one place for its data.
 pub trait Harness: Send {
     /// Opens (the first time: creates) the store with these options.
-    fn open_with(&mut self, options: StoreOptions) -> Result<Opened, StoreError>;
+    fn open_with(&mut self, options: StoreOptions) -> BoxFuture<'_, Result<Opened, StoreError>>;
 
     /// Opens it with the default options.
-    fn open(&mut self) -> Result<Opened, StoreError> {
+    fn open(&mut self) -> BoxFuture<'_, Result<Opened, StoreError>> {
         self.open_with(StoreOptions::default())
     }
 }
@@ -113,7 +114,7 @@ pub async fn commit(o: &mut Opened, no: u64, ops: Vec<Op>) -> Committed {
 
 /// Every batch is reported exactly once, in submission order.
 pub async fn reports_in_order_exactly_once(h: &mut dyn Harness) {
-    let mut o = h.open().unwrap();
+    let mut o = h.open().await.unwrap();
     let n = 600u64;
     for i in 1..=n {
         o.store
@@ -141,7 +142,7 @@ pub async fn reports_in_order_exactly_once(h: &mut dyn Harness) {
 /// A message id repeated within a session is a duplicate (even once the
 /// first is finished); the same id in another session is not.
 pub async fn duplicates_are_per_session_and_survive_finish(h: &mut dyn Harness) {
-    let mut o = h.open().unwrap();
+    let mut o = h.open().await.unwrap();
     let c = commit(
         &mut o,
         1,
@@ -167,7 +168,7 @@ pub async fn duplicates_are_per_session_and_survive_finish(h: &mut dyn Harness) 
 /// Queued rows come back with every field, in id order, paged by `after`
 /// and `limit`; finished rows do not come back.
 pub async fn queued_rows_read_back(h: &mut dyn Harness) {
-    let mut o = h.open().unwrap();
+    let mut o = h.open().await.unwrap();
     let ops = (1..=10).map(|i| insert(i, "s", &format!("m{i}"))).collect();
     commit(&mut o, 1, ops).await;
     commit(
@@ -208,7 +209,7 @@ pub async fn queued_rows_read_back(h: &mut dyn Harness) {
 
 /// Outbox rows page per session, in sequence order; deleted rows are gone.
 pub async fn outbox_pages_per_session(h: &mut dyn Harness) {
-    let mut o = h.open().unwrap();
+    let mut o = h.open().await.unwrap();
     let mut ops: Vec<Op> = (1..=6).map(|s| outbox("a", s * 2)).collect();
     ops.extend((1..=3).map(|s| outbox("b", s * 2 + 1)));
     commit(&mut o, 1, ops).await;
@@ -242,7 +243,7 @@ pub async fn outbox_pages_per_session(h: &mut dyn Harness) {
 /// An upstream id is delivered once: a repeat's outbox rows are skipped and
 /// reported as repeated, within a batch and across batches.
 pub async fn upstream_is_delivered_once(h: &mut dyn Harness) {
-    let mut o = h.open().unwrap();
+    let mut o = h.open().await.unwrap();
     let up = |seq: u64| Op::Upstream {
         message_id: "up-1".into(),
         then: vec![outbox("s", seq)],
@@ -269,7 +270,7 @@ pub async fn upstream_is_delivered_once(h: &mut dyn Harness) {
 /// A finished message that asked for a receipt is found by its message id
 /// (the newest when several sessions used it) until its receipt is done.
 pub async fn receipt_targets(h: &mut dyn Harness) {
-    let mut o = h.open().unwrap();
+    let mut o = h.open().await.unwrap();
     // Even ids ask for receipts (see `insert`).
     commit(
         &mut o,
@@ -300,7 +301,7 @@ pub async fn receipt_targets(h: &mut dyn Harness) {
 
 /// Unroutable upstream is kept (newest first) and counted.
 pub async fn unroutable_and_counts(h: &mut dyn Harness) {
-    let mut o = h.open().unwrap();
+    let mut o = h.open().await.unwrap();
     commit(
         &mut o,
         1,
@@ -335,7 +336,7 @@ pub async fn unroutable_and_counts(h: &mut dyn Harness) {
 /// id above every row, the queued count and the outbox per session.
 pub async fn recovery_after_reopen(h: &mut dyn Harness) {
     {
-        let mut o = h.open().unwrap();
+        let mut o = h.open().await.unwrap();
         assert_eq!((o.recovery.next_seq, o.recovery.next_id), (1, 1));
         commit(
             &mut o,
@@ -363,7 +364,7 @@ pub async fn recovery_after_reopen(h: &mut dyn Harness) {
         )
         .await;
     }
-    let o = h.open().unwrap();
+    let o = h.open().await.unwrap();
     let r = &o.recovery;
     assert_eq!(r.next_seq, 10, "sequence ids are never reused");
     assert_eq!(r.next_id, 4);
@@ -383,8 +384,8 @@ pub async fn recovery_after_reopen(h: &mut dyn Harness) {
 /// One store, one writer: a second open while the first is open fails
 /// with [`StoreError::Locked`].
 pub async fn second_open_is_refused(h: &mut dyn Harness) {
-    let _first = h.open().unwrap();
-    match h.open() {
+    let _first = h.open().await.unwrap();
+    match h.open().await {
         Err(StoreError::Locked(_)) => {}
         Err(e) => panic!("expected Locked, got {e}"),
         Ok(_) => panic!("a second open succeeded"),
@@ -424,7 +425,10 @@ fn upstream(message_id: &str, then: Vec<Op>) -> Op {
 /// finished row's age counts from its final result, not its acceptance.
 pub async fn retention_prunes_old_finished_rows_and_upstream_ids(h: &mut dyn Harness) {
     let clock = Clock::manual(T0);
-    let mut o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+    let mut o = h
+        .open_with(with_retention(&clock, Some(HOUR)))
+        .await
+        .unwrap();
     commit(
         &mut o,
         1,
@@ -541,7 +545,7 @@ pub async fn retention_prunes_old_finished_rows_and_upstream_ids(h: &mut dyn Har
 /// Without a retention nothing is pruned, however old.
 pub async fn retention_off_keeps_everything(h: &mut dyn Harness) {
     let clock = Clock::manual(T0);
-    let mut o = h.open_with(with_retention(&clock, None)).unwrap();
+    let mut o = h.open_with(with_retention(&clock, None)).await.unwrap();
     commit(
         &mut o,
         1,
@@ -573,6 +577,7 @@ pub async fn pruning_runs_in_the_background(h: &mut dyn Harness) {
             prune_interval: Duration::from_millis(10),
             ..with_retention(&clock, Some(HOUR))
         })
+        .await
         .unwrap();
     let mut ops: Vec<Op> = (1..=10).map(|i| insert(i, "s", &format!("m{i}"))).collect();
     ops.extend((1..=10).map(|i| Op::UpstreamSeen {
@@ -618,7 +623,10 @@ pub async fn pruning_runs_in_the_background(h: &mut dyn Harness) {
 /// its row is pruned a retention after its final result, like any other.
 pub async fn a_message_queued_past_the_retention_is_pruned_after_its_result(h: &mut dyn Harness) {
     let clock = Clock::manual(T0);
-    let mut o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+    let mut o = h
+        .open_with(with_retention(&clock, Some(HOUR)))
+        .await
+        .unwrap();
     commit(
         &mut o,
         1,
@@ -668,7 +676,10 @@ pub async fn a_message_queued_past_the_retention_is_pruned_after_its_result(h: &
 pub async fn pruned_row_ids_are_not_reused(h: &mut dyn Harness) {
     let clock = Clock::manual(T0);
     {
-        let mut o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+        let mut o = h
+            .open_with(with_retention(&clock, Some(HOUR)))
+            .await
+            .unwrap();
         commit(
             &mut o,
             1,
@@ -685,7 +696,10 @@ pub async fn pruned_row_ids_are_not_reused(h: &mut dyn Harness) {
         prune_now(&o).await;
         assert_eq!(o.store.pruned().borrow().downstream, 3);
     }
-    let o = h.open_with(with_retention(&clock, Some(HOUR))).unwrap();
+    let o = h
+        .open_with(with_retention(&clock, Some(HOUR)))
+        .await
+        .unwrap();
     assert_eq!(o.recovery.next_id, 4);
     assert_eq!(o.recovery.queued, 0);
 }

@@ -2,6 +2,7 @@
 //! database file in a temp dir.
 #![allow(clippy::unwrap_used)]
 
+use futures::future::BoxFuture;
 use std::sync::Arc;
 use store::conformance::{Harness, Opened};
 use store::sqlite::SqliteStore;
@@ -20,14 +21,16 @@ impl Sqlite {
 }
 
 impl Harness for Sqlite {
-    fn open_with(&mut self, options: StoreOptions) -> Result<Opened, StoreError> {
-        let (tx, commits) = tokio::sync::mpsc::unbounded_channel();
-        let (store, recovery) =
-            SqliteStore::open_with(&self.dir.path().join("gimmm.db"), tx, options)?;
-        Ok(Opened {
-            store: Arc::new(store),
-            recovery,
-            commits,
+    fn open_with(&mut self, options: StoreOptions) -> BoxFuture<'_, Result<Opened, StoreError>> {
+        Box::pin(async move {
+            let (tx, commits) = tokio::sync::mpsc::unbounded_channel();
+            let (store, recovery) =
+                SqliteStore::open_with(&self.dir.path().join("gimmm.db"), tx, options)?;
+            Ok(Opened {
+                store: Arc::new(store),
+                recovery,
+                commits,
+            })
         })
     }
 }
