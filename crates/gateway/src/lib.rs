@@ -93,6 +93,10 @@ impl std::fmt::Debug for StartOptions {
 /// Commands from BAL connections the engine has not taken yet.
 const BAL_CMD_QUEUE: usize = 256;
 
+/// How long [`Gateway::wait`] waits, after its tasks ended, for the store's
+/// threads to finish their last commit and release the store.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// A running gateway.
 pub struct Gateway {
     /// Where BALs connect.
@@ -105,6 +109,7 @@ pub struct Gateway {
     abort: CancellationToken,
     tracker: TaskTracker,
     engine: mpsc::Sender<engine::Cmd>,
+    store_closed: futures::future::BoxFuture<'static, ()>,
 }
 
 impl Gateway {
@@ -150,6 +155,7 @@ impl Gateway {
                 ..store::StoreOptions::default()
             },
         )?;
+        let store_closed = Box::pin(sqlite.closed());
         let store: store::SharedStore = Arc::new(sqlite);
         tracing::info!(
             store = %store.describe(),
@@ -290,6 +296,7 @@ impl Gateway {
             abort,
             tracker,
             engine: ctl_tx,
+            store_closed,
         })
     }
 
@@ -320,10 +327,21 @@ impl Gateway {
     }
 
     /// Waits until every task has finished (after [`Gateway::shutdown`] or
-    /// the token being cancelled elsewhere).
+    /// the token being cancelled elsewhere) and the store is closed, so
+    /// that a gateway started again in this process can open it.
     pub async fn wait(self) {
         drop(self.engine);
         self.tracker.wait().await;
+        // Every task is done; the store's threads finish their last commit.
+        if tokio::time::timeout(STORE_CLOSE_WAIT, self.store_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                waited_secs = STORE_CLOSE_WAIT.as_secs(),
+                "the store is still open after every task finished"
+            );
+        }
     }
 
     /// Shuts down and waits.

@@ -77,6 +77,11 @@ impl Marks {
     }
 }
 
+/// How often and how many times an open retries a store that is locked:
+/// about two seconds, for a store still closing, before it is refused.
+const LOCK_RETRY_EVERY: Duration = Duration::from_millis(10);
+const LOCK_TRIES: u32 = 200;
+
 /// The SQLite store. Cheap to clone; the writer stops when the last handle
 /// is dropped.
 #[derive(Clone)]
@@ -88,10 +93,22 @@ pub struct SqliteStore {
     /// tests lower them to see reads stop there.
     #[cfg(test)]
     marks: Arc<Marks>,
-    _lock: Arc<File>,
+    _lock: Arc<StoreLock>,
+    closed: watch::Receiver<()>,
     _stop: Arc<StopOnDrop>,
     degraded: Arc<AtomicBool>,
     pruned: watch::Receiver<Pruned>,
+}
+
+/// The advisory lock beside the database. Every handle and each of the
+/// store's threads (writer, syncer, reader) holds it, so it is released only
+/// once the last of them is gone and nothing can write any more: then a
+/// store opened again in the same process cannot race a writer still
+/// finishing. The file closes (releasing the lock) before `closed` drops,
+/// which is what [`SqliteStore::closed`] waits for.
+pub(crate) struct StoreLock {
+    _file: File,
+    _closed: watch::Sender<()>,
 }
 
 /// Tells the writer to stop when the last [`SqliteStore`] clone is dropped
@@ -130,7 +147,9 @@ fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path` with the default
     /// options (24 hours' retention) and starts the writer and syncer
-    /// threads; each committed batch is reported on `committed`.
+    /// threads; each committed batch is reported on `committed`. A store
+    /// open elsewhere is refused with [`StoreError::Locked`], after about
+    /// two seconds' wait for one that is closing.
     pub fn open(
         path: &Path,
         committed: UnboundedSender<Committed>,
@@ -157,19 +176,33 @@ impl SqliteStore {
         // hand out the same sequence ids.
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
-        let lock = File::options()
+        let lock_file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
             .map_err(io)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked(path.to_path_buf()))
+        // A store closing (its last commit, in this process or one that is
+        // exiting) lets go within moments: wait that long before refusing.
+        let mut tries = 0;
+        loop {
+            match lock_file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < LOCK_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(LOCK_RETRY_EVERY);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked(path.to_path_buf()))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
+        let (closed_tx, closed) = watch::channel(());
+        let lock = Arc::new(StoreLock {
+            _file: lock_file,
+            _closed: closed_tx,
+        });
 
         let mut w = open_conn(
             path,
@@ -216,15 +249,18 @@ impl SqliteStore {
             w,
             path,
             files,
-            committed,
-            marks.clone(),
-            degraded.clone(),
             pruner,
+            writer::Shared {
+                committed,
+                marks: marks.clone(),
+                degraded: degraded.clone(),
+                lock: lock.clone(),
+            },
         )
         .map_err(io)?;
         #[cfg(test)]
         let test_marks = marks.clone();
-        let reader = start_reader(r, path, marks).map_err(io)?;
+        let reader = start_reader(r, path, marks, lock.clone()).map_err(io)?;
         Ok((
             SqliteStore {
                 tx: tx.clone(),
@@ -232,7 +268,8 @@ impl SqliteStore {
                 path: Arc::new(path.to_path_buf()),
                 #[cfg(test)]
                 marks: test_marks,
-                _lock: Arc::new(lock),
+                _lock: lock,
+                closed,
                 _stop: Arc::new(StopOnDrop(tx)),
                 degraded,
                 pruned,
@@ -244,6 +281,18 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Resolves once the store is closed: every handle dropped, the writer,
+    /// syncer and reader threads finished and the lock released, so the
+    /// same file can be opened again. Holding this future does not keep the
+    /// store open.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.clone();
+        async move {
+            // Only the sender's drop ends this: nothing sends on it.
+            while rx.changed().await.is_ok() {}
+        }
     }
 
     /// Runs a read on the reader thread, with the reader connection.
@@ -278,6 +327,7 @@ fn start_reader(
     conn: Connection,
     path: &Path,
     marks: Arc<Marks>,
+    lock: Arc<StoreLock>,
 ) -> std::io::Result<mpsc::Sender<ReadJob>> {
     let (tx, rx) = mpsc::channel::<ReadJob>();
     let name = path.display().to_string();
@@ -287,6 +337,8 @@ fn start_reader(
             while let Ok(job) = rx.recv() {
                 job(&conn, &marks);
             }
+            drop(conn);
+            drop(lock);
             tracing::debug!(store = %name, "store reader stopped");
         })?;
     Ok(tx)

@@ -549,3 +549,38 @@ async fn the_wal_is_cut_back_after_a_burst() {
         "WAL still {after} bytes after the burst ({high} at its peak)"
     );
 }
+
+/// The lock outlives the handles until the writer has finished: batches
+/// submitted just before the last handle drops are committed, the store
+/// then reports itself closed, and a reopen in the same process finds them
+/// all (not a writer still running beside it).
+#[tokio::test]
+async fn closed_after_the_writer_finished_and_then_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let (tx, _rx) = unbounded_channel();
+    let (store, _) = SqliteStore::open(&path, tx).unwrap();
+    let n = 500u64;
+    for i in 1..=n {
+        store
+            .submit(Batch {
+                no: i,
+                ops: vec![new_msg(i, "s", &format!("m{i}"))],
+            })
+            .unwrap();
+    }
+    let closed = store.closed();
+    let clone = store.clone();
+    drop(store);
+    // A handle left: still open.
+    let mut closed = Box::pin(closed);
+    assert!(futures::poll!(closed.as_mut()).is_pending());
+    drop(clone);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the store closes once its last handle is gone");
+    let (tx, _rx) = unbounded_channel();
+    let (again, recovery) = SqliteStore::open(&path, tx).unwrap();
+    assert_eq!(recovery.queued, n);
+    assert_eq!(again.counts().await.unwrap().queued, n);
+}

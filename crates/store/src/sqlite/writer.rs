@@ -9,7 +9,7 @@
 
 use super::apply::apply_batch;
 use super::prune::{PassResult, Pruner, PRUNE_STEPS_PER_TXN};
-use super::Marks;
+use super::{Marks, StoreLock};
 use crate::retention::Pruned;
 use crate::types::{batch_marks, Batch, Committed, Op};
 use rusqlite::{params, Connection};
@@ -38,26 +38,50 @@ pub(crate) enum ToWriter {
     Stop,
 }
 
+/// What the writer and syncer threads share with the store's handles.
+pub(crate) struct Shared {
+    /// Where commit reports go.
+    pub(crate) committed: UnboundedSender<Committed>,
+    /// The durable marks, raised by the syncer.
+    pub(crate) marks: Arc<Marks>,
+    /// Set while commits fail.
+    pub(crate) degraded: Arc<AtomicBool>,
+    /// The store's lock: each thread holds it until it has finished.
+    pub(crate) lock: Arc<StoreLock>,
+}
+
 /// Starts the writer and syncer threads; returns the writer's channel.
 pub(crate) fn start(
     conn: Connection,
     path: &Path,
     files: SyncFiles,
-    committed: UnboundedSender<Committed>,
-    marks: Arc<Marks>,
-    degraded: Arc<AtomicBool>,
     pruner: Pruner,
+    shared: Shared,
 ) -> std::io::Result<mpsc::Sender<ToWriter>> {
+    let Shared {
+        committed,
+        marks,
+        degraded,
+        lock,
+    } = shared;
     let (tx, rx) = mpsc::channel::<ToWriter>();
     let (sync_tx, sync_rx) = mpsc::channel::<Durable>();
     let back = tx.clone();
+    // Each thread holds the store's lock until it has finished.
+    let sync_lock = lock.clone();
     std::thread::Builder::new()
         .name("gimmm-store-sync".into())
-        .spawn(move || syncer_loop(&files, sync_rx, back, committed, &marks))?;
+        .spawn(move || {
+            syncer_loop(&files, sync_rx, back, committed, &marks);
+            drop(sync_lock);
+        })?;
     let db_path = path.to_path_buf();
     std::thread::Builder::new()
         .name("gimmm-store".into())
-        .spawn(move || writer_loop(conn, &db_path, rx, sync_tx, &degraded, pruner))?;
+        .spawn(move || {
+            writer_loop(conn, &db_path, rx, sync_tx, &degraded, pruner);
+            drop(lock);
+        })?;
     Ok(tx)
 }
 
