@@ -7,7 +7,7 @@
 //! ```ignore
 //! struct MyHarness { /* where the data lives */ }
 //! impl store::conformance::Harness for MyHarness { /* open it */ }
-//! store::conformance_tests!(MyHarness::new());
+//! store::conformance_tests!(async { MyHarness::new() });
 //! ```
 //!
 //! Each test gets a fresh harness; [`Harness::open_with`] may be called
@@ -46,7 +46,9 @@ pub trait Harness: Send {
 }
 
 /// Expands to one `#[tokio::test]` per conformance test, each with a fresh
-/// harness made by `$make`.
+/// harness made by the future `$make` (e.g. `async { MyHarness::new() }`).
+/// A harness of `None` skips the test (a server the machine does not have;
+/// see [`postgres_scratch`]).
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -70,11 +72,28 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                let mut h = $make;
-                $crate::conformance::$name(&mut h).await;
+                let made = $crate::conformance::Made::from($make.await);
+                if let Some(mut h) = made.0 {
+                    $crate::conformance::$name(&mut h).await;
+                }
             }
         )*
     };
+}
+
+/// A harness, or `None` when the test is skipped.
+pub struct Made<H>(pub Option<H>);
+
+impl<H: Harness> From<H> for Made<H> {
+    fn from(h: H) -> Made<H> {
+        Made(Some(h))
+    }
+}
+
+impl<H: Harness> From<Option<H>> for Made<H> {
+    fn from(h: Option<H>) -> Made<H> {
+        Made(h)
+    }
 }
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -702,4 +721,47 @@ pub async fn pruned_row_ids_are_not_reused(h: &mut dyn Harness) {
         .unwrap();
     assert_eq!(o.recovery.next_id, 4);
     assert_eq!(o.recovery.queued, 0);
+}
+
+/// The tests' PostgreSQL server (`GIMMM_TEST_POSTGRES_URL`, a superuser
+/// URL; `.ci/postgres-setup.sh` starts one and writes it to
+/// `/tmp/gimmm-pg/env`) with a fresh database created on it for the
+/// caller. Without the variable: `None` and a notice (the test is skipped),
+/// unless `CI` is set, where a missing server fails the test.
+pub async fn postgres_scratch() -> Option<crate::postgres::PgTarget> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let url = match std::env::var("GIMMM_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but GIMMM_TEST_POSTGRES_URL is not: run .ci/postgres-setup.sh and source /tmp/gimmm-pg/env"
+            );
+            eprintln!(
+                "skipping a PostgreSQL test: GIMMM_TEST_POSTGRES_URL not set (run .ci/postgres-setup.sh, then `set -a; . /tmp/gimmm-pg/env; set +a`)"
+            );
+            return None;
+        }
+    };
+    let admin = crate::postgres::PgTarget::parse(&url, None).expect("GIMMM_TEST_POSTGRES_URL");
+    let name = format!(
+        "gimmm_t_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        crate::now_ms() % 1_000_000_000
+    );
+    let (client, conn) = admin
+        .config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("cannot connect to GIMMM_TEST_POSTGRES_URL");
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("CREATE DATABASE");
+    drop(client);
+    let _ = conn.await;
+    Some(admin.with_dbname(&name))
 }

@@ -48,7 +48,9 @@
 
 pub mod conformance;
 mod error;
+mod marks;
 pub mod memory;
+pub mod postgres;
 pub mod retention;
 pub mod sqlite;
 pub mod types;

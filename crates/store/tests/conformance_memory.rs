@@ -23,4 +23,4 @@ impl Harness for Memory {
     }
 }
 
-store::conformance_tests!(Memory(MemData::new()));
+store::conformance_tests!(async { Memory(MemData::new()) });

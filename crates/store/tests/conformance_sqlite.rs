@@ -35,4 +35,4 @@ impl Harness for Sqlite {
     }
 }
 
-store::conformance_tests!(Sqlite::new());
+store::conformance_tests!(async { Sqlite::new() });

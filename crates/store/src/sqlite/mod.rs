@@ -34,6 +34,7 @@ mod migrate;
 mod prune;
 mod writer;
 
+use crate::marks::{durable, Marks};
 use crate::retention::{Pruned, StoreOptions};
 use crate::types::{
     Batch, Committed, Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovery, UnroutableRow,
@@ -43,7 +44,7 @@ use futures::future::BoxFuture;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
@@ -61,21 +62,6 @@ const WRITER_CACHE_KIB: i64 = 8 * 1024;
 /// a snapshot for long) it keeps the file from staying at its high-water
 /// mark for ever (BENCHMARKS.md, "Retention and disk space").
 pub(crate) const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
-
-/// The "durable up to" marks: highest downstream row id and sequence id of
-/// the batches reported as committed. Reads return nothing above them.
-#[derive(Debug, Default)]
-pub(crate) struct Marks {
-    pub(crate) id: AtomicU64,
-    pub(crate) seq: AtomicU64,
-}
-
-impl Marks {
-    fn raise(&self, id: u64, seq: u64) {
-        self.id.fetch_max(id, Ordering::Release);
-        self.seq.fetch_max(seq, Ordering::Release);
-    }
-}
 
 /// How often and how many times an open retries a store that is locked:
 /// about two seconds, for a store still closing, before it is refused.
@@ -342,10 +328,6 @@ fn start_reader(
             tracing::debug!(store = %name, "store reader stopped");
         })?;
     Ok(tx)
-}
-
-fn durable(mark: &AtomicU64) -> i64 {
-    mark.load(Ordering::Acquire).min(i64::MAX as u64) as i64
 }
 
 impl Store for SqliteStore {

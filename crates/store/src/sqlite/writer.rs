@@ -9,7 +9,8 @@
 
 use super::apply::apply_batch;
 use super::prune::{PassResult, Pruner, PRUNE_STEPS_PER_TXN};
-use super::{Marks, StoreLock};
+use super::StoreLock;
+use crate::marks::Marks;
 use crate::retention::Pruned;
 use crate::types::{batch_marks, Batch, Committed, Op};
 use rusqlite::{params, Connection};

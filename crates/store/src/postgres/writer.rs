@@ -1,0 +1,607 @@
+//! The PostgreSQL store's writer task (the store contract's "Writes", SPEC
+//! §6 group commit, SPEC §11 retention, SPEC §12): one connection holding
+//! the database's writer lock; every batch waiting goes into one
+//! transaction, its statements pipelined [`PIPELINE`] at a time; reports in
+//! order after `COMMIT`; prune steps between groups.
+
+use super::{pg, target, PgTarget};
+use crate::marks::Marks;
+use crate::retention::{Pruned, StoreOptions};
+use crate::types::{batch_marks, Batch, Committed, Op};
+use crate::{ReadResult, StoreError};
+use futures::future::BoxFuture;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_postgres::{Client, Statement, Transaction};
+
+/// How long an open waits for the writer lock of a store that is closing
+/// before it refuses with [`StoreError::Locked`].
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The advisory lock key of the writer lock ("gimmm" in ASCII). Advisory
+/// locks are per database, so stores in different databases of one server
+/// do not meet.
+const LOCK_KEY: i64 = 0x67_69_6d_6d_6d;
+
+/// Statements sent before their answers are awaited: `join_all` polls up to
+/// this many futures in order (its small path), so they go out in order.
+const PIPELINE: usize = 30;
+
+/// Most writes in one transaction; more batches wait for the next.
+const MAX_GROUP_OPS: usize = 4096;
+
+/// Backoff between failed commits.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the store's handles send the writer.
+pub(crate) enum ToWriter {
+    /// Apply this batch.
+    Batch(Batch),
+    /// Run a prune pass now; answer with what it removed once committed.
+    Prune(oneshot::Sender<ReadResult<Pruned>>),
+    /// The last store handle is gone: commit what is waiting and stop.
+    Stop,
+}
+
+const SQL_INSERT: &str = "INSERT INTO downstream
+ (id, session, message_id, group_id, body, expires_at, receipt, accepted_at)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+const SQL_RETRY: &str = "UPDATE downstream SET attempts = $2, not_before = $3 WHERE id = $1";
+const SQL_FINISH: &str =
+    "UPDATE downstream SET state = 1, body = NULL, group_id = NULL, done_at = $2
+ WHERE id = $1";
+const SQL_RECEIPT_DONE: &str = "UPDATE downstream SET receipt = FALSE WHERE id = $1";
+const SQL_OUTBOX: &str = "INSERT INTO outbox (session, seq, body) VALUES ($1, $2, $3)
+ ON CONFLICT (session, seq) DO UPDATE SET body = EXCLUDED.body";
+const SQL_OUTBOX_DELETE: &str = "DELETE FROM outbox WHERE session = $1 AND seq = $2";
+const SQL_SEEN: &str =
+    "INSERT INTO upstream_seen (message_id, at) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+const SQL_UNROUTABLE: &str = "INSERT INTO unroutable (category, body, at) VALUES ($1, $2, $3)";
+const SQL_BUMP_SEQ: &str = "UPDATE meta SET value = GREATEST(value, $1) WHERE key = 'next_seq'";
+const SQL_KEEP_NEXT_ID: &str = "UPDATE meta SET value =
+ GREATEST(value, (SELECT coalesce(max(id), 0) + 1 FROM downstream)) WHERE key = 'next_id'";
+const SQL_PRUNE_DOWN: &str = "WITH gone AS (DELETE FROM downstream WHERE id IN
+ (SELECT id FROM downstream WHERE state = 1 AND done_at < $1 ORDER BY done_at LIMIT $2)
+ RETURNING 1) SELECT count(*) FROM gone";
+const SQL_PRUNE_UP: &str = "WITH gone AS (DELETE FROM upstream_seen WHERE message_id IN
+ (SELECT message_id FROM upstream_seen WHERE at < $1 ORDER BY at LIMIT $2)
+ RETURNING 1) SELECT count(*) FROM gone";
+
+/// The writes, prepared once per connection.
+struct Stmts {
+    insert: Statement,
+    retry: Statement,
+    finish: Statement,
+    receipt_done: Statement,
+    outbox: Statement,
+    outbox_delete: Statement,
+    seen: Statement,
+    unroutable: Statement,
+    bump_seq: Statement,
+    keep_next_id: Statement,
+    prune_down: Statement,
+    prune_up: Statement,
+}
+
+/// The writer's connection: it holds the writer lock.
+pub(crate) struct WriterConn {
+    pub(crate) client: Client,
+    task: JoinHandle<()>,
+    st: Option<Stmts>,
+}
+
+impl WriterConn {
+    pub(crate) async fn connect(target: &PgTarget) -> Result<WriterConn, StoreError> {
+        let (client, task) = target::connect(target, "writer").await?;
+        Ok(WriterConn {
+            client,
+            task,
+            st: None,
+        })
+    }
+
+    /// Takes the writer lock, trying for up to `wait`.
+    pub(crate) async fn lock(&self, target: &PgTarget, wait: Duration) -> Result<(), StoreError> {
+        let mut waited = Duration::ZERO;
+        let step = Duration::from_millis(50);
+        loop {
+            let got: bool = self
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+                .await
+                .map_err(pg(target, "taking the writer lock"))?
+                .get(0);
+            if got {
+                return Ok(());
+            }
+            if waited >= wait {
+                return Err(StoreError::Locked(PathBuf::from(target.to_string())));
+            }
+            tokio::time::sleep(step).await;
+            waited += step;
+        }
+    }
+
+    pub(crate) async fn prepare(&mut self, target: &PgTarget) -> Result<(), StoreError> {
+        let c = &self.client;
+        let e = pg(target, "preparing the writes");
+        self.st = Some(Stmts {
+            insert: c.prepare(SQL_INSERT).await.map_err(&e)?,
+            retry: c.prepare(SQL_RETRY).await.map_err(&e)?,
+            finish: c.prepare(SQL_FINISH).await.map_err(&e)?,
+            receipt_done: c.prepare(SQL_RECEIPT_DONE).await.map_err(&e)?,
+            outbox: c.prepare(SQL_OUTBOX).await.map_err(&e)?,
+            outbox_delete: c.prepare(SQL_OUTBOX_DELETE).await.map_err(&e)?,
+            seen: c.prepare(SQL_SEEN).await.map_err(&e)?,
+            unroutable: c.prepare(SQL_UNROUTABLE).await.map_err(&e)?,
+            bump_seq: c.prepare(SQL_BUMP_SEQ).await.map_err(&e)?,
+            keep_next_id: c.prepare(SQL_KEEP_NEXT_ID).await.map_err(&e)?,
+            prune_down: c.prepare(SQL_PRUNE_DOWN).await.map_err(&e)?,
+            prune_up: c.prepare(SQL_PRUNE_UP).await.map_err(&e)?,
+        });
+        Ok(())
+    }
+}
+
+/// What the writer is started with.
+pub(crate) struct Parts {
+    pub(crate) conn: WriterConn,
+    pub(crate) target: Arc<PgTarget>,
+    pub(crate) rx: UnboundedReceiver<ToWriter>,
+    pub(crate) committed: UnboundedSender<Committed>,
+    pub(crate) marks: Arc<Marks>,
+    pub(crate) degraded: Arc<AtomicBool>,
+    pub(crate) totals: watch::Sender<Pruned>,
+    pub(crate) options: StoreOptions,
+}
+
+/// The writer task's state.
+pub(crate) struct Writer {
+    conn: Option<WriterConn>,
+    target: Arc<PgTarget>,
+    rx: UnboundedReceiver<ToWriter>,
+    committed: UnboundedSender<Committed>,
+    marks: Arc<Marks>,
+    degraded: Arc<AtomicBool>,
+    totals: watch::Sender<Pruned>,
+    options: StoreOptions,
+    /// Batches taken from the channel, not yet committed.
+    group: Vec<Batch>,
+    group_ops: usize,
+    /// `prune_now` callers waiting for a pass.
+    prunes: Vec<oneshot::Sender<ReadResult<Pruned>>>,
+    stop: bool,
+    /// Failed commits in a row.
+    failures: u64,
+}
+
+/// Per batch: ids of duplicate inserts, seqs of repeated upstream.
+type Outcome = (Vec<u64>, Vec<u64>);
+
+impl Writer {
+    pub(crate) fn new(p: Parts) -> Writer {
+        Writer {
+            conn: Some(p.conn),
+            target: p.target,
+            rx: p.rx,
+            committed: p.committed,
+            marks: p.marks,
+            degraded: p.degraded,
+            totals: p.totals,
+            options: p.options,
+            group: Vec::new(),
+            group_ops: 0,
+            prunes: Vec::new(),
+            stop: false,
+            failures: 0,
+        }
+    }
+
+    /// Runs until the last handle is gone and what it sent is committed.
+    pub(crate) async fn run(mut self) {
+        let every = self.options.prune_interval.max(Duration::from_millis(1));
+        let mut next_prune = Instant::now() + every;
+        loop {
+            if self.group.is_empty() && self.prunes.is_empty() {
+                if self.stop {
+                    break;
+                }
+                let msg = if self.options.retention.is_some() {
+                    tokio::select! {
+                        m = self.rx.recv() => m,
+                        _ = tokio::time::sleep_until(next_prune) => {
+                            if let Err(e) = self.prune_pass().await {
+                                tracing::warn!(store = %self.target, error = %e, "prune pass failed");
+                            }
+                            next_prune = Instant::now() + every;
+                            continue;
+                        }
+                    }
+                } else {
+                    self.rx.recv().await
+                };
+                match msg {
+                    Some(m) => self.take(m),
+                    None => self.stop = true,
+                }
+            }
+            self.drain();
+            if !self.group.is_empty() {
+                self.commit_group().await;
+                continue;
+            }
+            if !self.prunes.is_empty() {
+                let waiting = std::mem::take(&mut self.prunes);
+                let r = self.prune_pass().await;
+                for w in waiting {
+                    let _ = w.send(match &r {
+                        Ok(p) => Ok(*p),
+                        Err(e) => Err(StoreError::Backend {
+                            what: format!("postgres store {} while pruning", self.target),
+                            source: e.to_string().into(),
+                        }),
+                    });
+                }
+                next_prune = Instant::now() + every;
+            }
+        }
+        if let Some(c) = self.conn.take() {
+            let WriterConn { client, task, .. } = c;
+            drop(client);
+            let _ = task.await;
+        }
+        tracing::debug!(store = %self.target, "postgres store writer stopped");
+    }
+
+    fn take(&mut self, m: ToWriter) {
+        match m {
+            ToWriter::Batch(b) => {
+                self.group_ops += b.ops.len();
+                self.group.push(b);
+            }
+            ToWriter::Prune(tx) => self.prunes.push(tx),
+            ToWriter::Stop => self.stop = true,
+        }
+    }
+
+    /// Takes what is waiting, up to a group's worth of writes.
+    fn drain(&mut self) {
+        while self.group_ops < MAX_GROUP_OPS {
+            match self.rx.try_recv() {
+                Ok(m) => self.take(m),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The writer connection, reopened (and the lock taken again) when it
+    /// was lost. While another node holds the lock this fails: nothing is
+    /// written beside it.
+    async fn connected(&mut self) -> Result<&mut WriterConn, StoreError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let mut c = WriterConn::connect(&self.target).await?;
+            c.lock(&self.target, Duration::ZERO).await?;
+            c.prepare(&self.target).await?;
+            tracing::info!(store = %self.target, "postgres writer connection reopened, writer lock held");
+            self.conn = Some(c);
+        }
+        match self.conn.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Commits the group, retrying until it is in (with its new messages
+    /// refused after the first failure), then reports each batch in order.
+    async fn commit_group(&mut self) {
+        let group = std::mem::take(&mut self.group);
+        self.group_ops = 0;
+        let started = Instant::now();
+        let mut refused: Option<String> = None;
+        let mut delay = RETRY_FIRST;
+        let outcomes = loop {
+            let now = self.options.clock.now_ms();
+            match self.try_commit(&group, refused.is_some(), now).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    self.failures += 1;
+                    self.degraded.store(true, Ordering::Relaxed);
+                    if self.failures == 1 || self.failures.is_multiple_of(100) {
+                        tracing::warn!(store = %self.target, error = %e, failures = self.failures,
+                            "store commit failed; new messages are refused while it lasts");
+                    }
+                    refused = Some(format!("store write failed: {e}"));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        };
+        if self.failures > 0 {
+            tracing::info!(store = %self.target, after = self.failures, "store commits work again");
+            self.failures = 0;
+        }
+        self.degraded.store(false, Ordering::Relaxed);
+        let (mut max_id, mut max_seq) = (0, 0);
+        for b in &group {
+            let (i, s) = batch_marks(b);
+            max_id = max_id.max(i);
+            max_seq = max_seq.max(s);
+        }
+        self.marks.raise(max_id, max_seq);
+        let n = group.len();
+        let took = started.elapsed();
+        for (b, (duplicates, repeated)) in group.iter().zip(outcomes) {
+            let failed_inserts = if refused.is_some() {
+                insert_ids(&b.ops)
+            } else {
+                Vec::new()
+            };
+            let error = (!failed_inserts.is_empty())
+                .then(|| refused.clone())
+                .flatten();
+            let _ = self.committed.send(Committed {
+                no: b.no,
+                duplicates,
+                repeated,
+                failed_inserts,
+                error,
+                group_size: n,
+                commit_time: took,
+            });
+        }
+    }
+
+    async fn try_commit(
+        &mut self,
+        group: &[Batch],
+        skip_inserts: bool,
+        now: i64,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let target = self.target.clone();
+        let e = pg(&target, "committing a batch");
+        let WriterConn { client, st, .. } = self.connected().await?;
+        let Some(st) = st.as_ref() else {
+            return Err(StoreError::Stopped);
+        };
+        let tx = client.transaction().await.map_err(&e)?;
+        let out = apply_group(&tx, st, group, skip_inserts, now)
+            .await
+            .map_err(&e)?;
+        let max_seq = group.iter().map(|b| batch_marks(b).1).max().unwrap_or(0);
+        if max_seq > 0 {
+            tx.execute(&st.bump_seq, &[&((max_seq + 1) as i64)])
+                .await
+                .map_err(&e)?;
+        }
+        tx.commit().await.map_err(&e)?;
+        Ok(out)
+    }
+
+    /// A prune pass: steps until one finds less than a step's worth; the
+    /// batches that arrive meanwhile are committed between steps.
+    async fn prune_pass(&mut self) -> Result<Pruned, StoreError> {
+        let Some(retention) = self.options.retention_ms() else {
+            return Ok(Pruned::default());
+        };
+        let limit = self.options.prune_batch.max(1) as i64;
+        let mut pass = Pruned::default();
+        loop {
+            let cutoff = self.options.clock.now_ms().saturating_sub(retention);
+            let step = self.prune_step(cutoff, limit).await?;
+            pass.add(step);
+            if step != Pruned::default() {
+                self.totals.send_modify(|t| t.add(step));
+            }
+            if (step.downstream as i64) < limit && (step.upstream as i64) < limit {
+                return Ok(pass);
+            }
+            // Batches go first.
+            self.drain();
+            if !self.group.is_empty() {
+                self.commit_group().await;
+            }
+        }
+    }
+
+    async fn prune_step(&mut self, cutoff: i64, limit: i64) -> Result<Pruned, StoreError> {
+        let target = self.target.clone();
+        let e = pg(&target, "pruning");
+        let WriterConn { client, st, .. } = self.connected().await?;
+        let Some(st) = st.as_ref() else {
+            return Err(StoreError::Stopped);
+        };
+        let tx = client.transaction().await.map_err(&e)?;
+        // Ids stay above every row handed out, even the pruned highest.
+        tx.execute(&st.keep_next_id, &[]).await.map_err(&e)?;
+        let down: i64 = tx
+            .query_one(&st.prune_down, &[&cutoff, &limit])
+            .await
+            .map_err(&e)?
+            .get(0);
+        let up: i64 = tx
+            .query_one(&st.prune_up, &[&cutoff, &limit])
+            .await
+            .map_err(&e)?
+            .get(0);
+        tx.commit().await.map_err(&e)?;
+        Ok(Pruned {
+            downstream: down as u64,
+            upstream: up as u64,
+        })
+    }
+}
+
+/// The ids of the new messages in `ops` (refused when a commit failed).
+fn insert_ids(ops: &[Op]) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for op in ops {
+        match op {
+            Op::InsertDownstream(n) => ids.push(n.id),
+            Op::Upstream { then, .. } => ids.extend(insert_ids(then)),
+            _ => {}
+        }
+    }
+    ids
+}
+
+/// A statement sent, its answer not yet read: which batch it belongs to
+/// and, for an insert, the row id (no row changed = a duplicate).
+struct Pending<'a> {
+    batch: usize,
+    insert: Option<u64>,
+    answer: BoxFuture<'a, Result<u64, tokio_postgres::Error>>,
+}
+
+/// Applies the group's batches in the open transaction, in order. Writes go
+/// out [`PIPELINE`] at a time; an [`Op::Upstream`] waits for what was sent
+/// before it and for its own dedupe insert, whose answer decides whether
+/// its writes are applied.
+async fn apply_group<'a>(
+    tx: &'a Transaction<'a>,
+    st: &'a Stmts,
+    group: &'a [Batch],
+    skip_inserts: bool,
+    now: i64,
+) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    let mut out: Vec<Outcome> = group.iter().map(|_| Outcome::default()).collect();
+    let mut run: Vec<Pending<'a>> = Vec::with_capacity(PIPELINE);
+    for (bi, b) in group.iter().enumerate() {
+        let mut todo: Vec<&'a Op> = b.ops.iter().rev().collect();
+        while let Some(op) = todo.pop() {
+            if let Op::Upstream { message_id, then } = op {
+                flush(&mut run, &mut out).await?;
+                if tx.execute(&st.seen, &[message_id, &now]).await? == 1 {
+                    todo.extend(then.iter().rev());
+                } else {
+                    out[bi].1.extend(then.iter().filter_map(|op| match op {
+                        Op::InsertOutbox { seq, .. } => Some(*seq),
+                        _ => None,
+                    }));
+                }
+                continue;
+            }
+            if let Some(p) = send(tx, st, op, bi, skip_inserts, now) {
+                run.push(p);
+                if run.len() >= PIPELINE {
+                    flush(&mut run, &mut out).await?;
+                }
+            }
+        }
+    }
+    flush(&mut run, &mut out).await?;
+    Ok(out)
+}
+
+/// Awaits the answers of what was sent, in order.
+async fn flush(
+    run: &mut Vec<Pending<'_>>,
+    out: &mut [Outcome],
+) -> Result<(), tokio_postgres::Error> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let tags: Vec<(usize, Option<u64>)> = run.iter().map(|p| (p.batch, p.insert)).collect();
+    // Up to PIPELINE futures: join_all polls them in order, so the
+    // statements go out in order.
+    let answers = futures::future::join_all(run.drain(..).map(|p| p.answer)).await;
+    for ((bi, insert), answer) in tags.into_iter().zip(answers) {
+        let changed = answer?;
+        if let (Some(id), 0) = (insert, changed) {
+            out[bi].0.push(id);
+        }
+    }
+    Ok(())
+}
+
+/// The statement of one write (not [`Op::Upstream`]), ready to send.
+fn send<'a>(
+    tx: &'a Transaction<'a>,
+    st: &'a Stmts,
+    op: &'a Op,
+    batch: usize,
+    skip_inserts: bool,
+    now: i64,
+) -> Option<Pending<'a>> {
+    let mut insert = None;
+    let answer: BoxFuture<'a, _> = match op {
+        Op::InsertDownstream(n) => {
+            if skip_inserts {
+                return None;
+            }
+            insert = Some(n.id);
+            let id = n.id as i64;
+            Box::pin(async move {
+                let session: &str = &n.session;
+                tx.execute(
+                    &st.insert,
+                    &[
+                        &id,
+                        &session,
+                        &n.message_id,
+                        &n.group_id,
+                        &n.body,
+                        &n.expires_at_ms,
+                        &n.receipt,
+                        &n.accepted_at_ms,
+                    ],
+                )
+                .await
+            })
+        }
+        Op::RetryDownstream {
+            id,
+            attempts,
+            not_before_ms,
+        } => {
+            let (id, attempts) = (*id as i64, i32::try_from(*attempts).unwrap_or(i32::MAX));
+            Box::pin(async move {
+                tx.execute(&st.retry, &[&id, &attempts, not_before_ms])
+                    .await
+            })
+        }
+        Op::FinishDownstream { id } => {
+            let id = *id as i64;
+            Box::pin(async move { tx.execute(&st.finish, &[&id, &now]).await })
+        }
+        Op::ReceiptDone { id } => {
+            let id = *id as i64;
+            Box::pin(async move { tx.execute(&st.receipt_done, &[&id]).await })
+        }
+        Op::InsertOutbox { seq, session, body } => {
+            let seq = *seq as i64;
+            Box::pin(async move {
+                let (session, body): (&str, &str) = (session, body);
+                tx.execute(&st.outbox, &[&session, &seq, &body]).await
+            })
+        }
+        Op::DeleteOutbox { session, seq } => {
+            let seq = *seq as i64;
+            Box::pin(async move {
+                let session: &str = session;
+                tx.execute(&st.outbox_delete, &[&session, &seq]).await
+            })
+        }
+        Op::UpstreamSeen { message_id } => {
+            Box::pin(async move { tx.execute(&st.seen, &[message_id, &now]).await })
+        }
+        Op::Unroutable { category, body } => {
+            Box::pin(async move { tx.execute(&st.unroutable, &[category, body, &now]).await })
+        }
+        Op::Upstream { .. } => return None,
+    };
+    Some(Pending {
+        batch,
+        insert,
+        answer,
+    })
+}
