@@ -729,6 +729,13 @@ pub async fn pruned_row_ids_are_not_reused(h: &mut dyn Harness) {
 /// caller. Without the variable: `None` and a notice (the test is skipped),
 /// unless `CI` is set, where a missing server fails the test.
 pub async fn postgres_scratch() -> Option<crate::postgres::PgTarget> {
+    let url = postgres_scratch_url().await?;
+    Some(crate::postgres::PgTarget::parse(&url, None).expect("scratch URL"))
+}
+
+/// [`postgres_scratch`] as a URL (with the password), for a config's
+/// `store.url`.
+pub async fn postgres_scratch_url() -> Option<String> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let url = match std::env::var("GIMMM_TEST_POSTGRES_URL") {
@@ -763,5 +770,17 @@ pub async fn postgres_scratch() -> Option<crate::postgres::PgTarget> {
         .expect("CREATE DATABASE");
     drop(client);
     let _ = conn.await;
-    Some(admin.with_dbname(&name))
+    // postgres://user:pw@host:port/DB?params: the database is the path.
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url.as_str(), None),
+    };
+    let base = match head.rfind('/') {
+        Some(i) if i > head.find("//").map_or(0, |j| j + 1) => &head[..i],
+        _ => head,
+    };
+    Some(match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    })
 }

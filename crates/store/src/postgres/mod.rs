@@ -35,6 +35,13 @@ mod writer;
 
 pub use target::PgTarget;
 
+/// The key of the session advisory lock the writer holds
+/// (`pg_try_advisory_lock`; "gimmm" in ASCII). Advisory locks are per
+/// database, so stores in different databases of one server do not meet;
+/// `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = …`
+/// finds the node writing.
+pub const WRITER_LOCK_KEY: i64 = 0x67_69_6d_6d_6d;
+
 use crate::marks::{durable, Marks};
 use crate::retention::{Pruned, StoreOptions};
 use crate::types::{

@@ -4,7 +4,7 @@
 //! transaction, its statements pipelined [`PIPELINE`] at a time; reports in
 //! order after `COMMIT`; prune steps between groups.
 
-use super::{pg, target, PgTarget};
+use super::{pg, target, PgTarget, WRITER_LOCK_KEY as LOCK_KEY};
 use crate::marks::Marks;
 use crate::retention::{Pruned, StoreOptions};
 use crate::types::{batch_marks, Batch, Committed, Op};
@@ -23,11 +23,6 @@ use tokio_postgres::{Client, Statement, Transaction};
 /// How long an open waits for the writer lock of a store that is closing
 /// before it refuses with [`StoreError::Locked`].
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
-
-/// The advisory lock key of the writer lock ("gimmm" in ASCII). Advisory
-/// locks are per database, so stores in different databases of one server
-/// do not meet.
-const LOCK_KEY: i64 = 0x67_69_6d_6d_6d;
 
 /// Statements sent before their answers are awaited: `join_all` polls up to
 /// this many futures in order (its small path), so they go out in order.
