@@ -365,8 +365,13 @@ impl SessionConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// SQLite file.
+    /// SQLite file (the embedded default; unused when `url` is set).
     pub path: PathBuf,
+    /// PostgreSQL instead of SQLite (SPEC §12):
+    /// `postgres://user[:password]@host[:port]/database`. A secret: its
+    /// password is never printed; without one in the URL, `PGPASSWORD` of
+    /// the environment is used.
+    pub url: Secret,
     /// Hours finished downstream messages and upstream ids are kept for
     /// idempotency, deduplication and receipt routing (SPEC §11
     /// "Retention"); 0 keeps them forever. A fraction is allowed.
@@ -380,12 +385,36 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("gimmm-data/gimmm.db"),
+            url: Secret::default(),
             retention_hours: 24.0,
         }
     }
 }
 
 impl StoreConfig {
+    /// The PostgreSQL store's target when `url` is set (SPEC §12), with
+    /// `pgpassword` (`PGPASSWORD`) when the URL has no password.
+    pub fn postgres(
+        &self,
+        pgpassword: Option<&str>,
+    ) -> Result<Option<store::postgres::PgTarget>, ConfigError> {
+        if self.url.is_empty() {
+            return Ok(None);
+        }
+        store::postgres::PgTarget::parse(self.url.expose(), pgpassword)
+            .map(Some)
+            .map_err(|problem| invalid("store.url", problem))
+    }
+
+    /// Where the store lives, for messages (never a password).
+    pub fn describe(&self) -> String {
+        match self.postgres(None) {
+            Ok(Some(t)) => t.to_string(),
+            Ok(None) => format!("sqlite:{}", self.path.display()),
+            Err(_) => "postgres (store.url is invalid)".into(),
+        }
+    }
+
     /// The retention as the store takes it: `None` (keep forever) for 0
     /// (and for a value [`Config::validate`] refuses).
     pub fn retention(&self) -> Option<std::time::Duration> {
@@ -722,9 +751,10 @@ impl Config {
                 ));
             }
         }
-        if self.store.path.as_os_str().is_empty() {
+        if self.store.url.is_empty() && self.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must not be empty"));
         }
+        self.store.postgres(None)?;
         let r = self.store.retention_hours;
         if !r.is_finite() || !(0.0..=MAX_RETENTION_HOURS).contains(&r) {
             return Err(invalid(

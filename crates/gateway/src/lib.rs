@@ -109,8 +109,11 @@ pub struct Gateway {
     abort: CancellationToken,
     tracker: TaskTracker,
     engine: mpsc::Sender<engine::Cmd>,
-    store_closed: futures::future::BoxFuture<'static, ()>,
+    store_closed: StoreClosed,
 }
+
+/// Resolves when the store has closed (its writer finished, its lock released).
+type StoreClosed = futures::future::BoxFuture<'static, ()>;
 
 impl Gateway {
     /// Opens the store, binds the listeners, starts the links (XMPP or
@@ -147,16 +150,26 @@ impl Gateway {
         let _ = metrics::prometheus();
         let abort = CancellationToken::new();
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-        let (sqlite, recovery) = store::sqlite::SqliteStore::open_with(
-            &cfg.store.path,
-            commit_tx,
-            store::StoreOptions {
-                retention: cfg.store.retention(),
-                ..store::StoreOptions::default()
-            },
-        )?;
-        let store_closed = Box::pin(sqlite.closed());
-        let store: store::SharedStore = Arc::new(sqlite);
+        let options = store::StoreOptions {
+            retention: cfg.store.retention(),
+            ..store::StoreOptions::default()
+        };
+        let pgpassword = std::env::var("PGPASSWORD").ok();
+        let (store, recovery, store_closed): (store::SharedStore, _, StoreClosed) =
+            match cfg.store.postgres(pgpassword.as_deref())? {
+                Some(target) => {
+                    let (pg, recovery) =
+                        store::postgres::PgStore::open_with(target, commit_tx, options).await?;
+                    let closed = Box::pin(pg.closed());
+                    (Arc::new(pg), recovery, closed)
+                }
+                None => {
+                    let (sqlite, recovery) =
+                        store::sqlite::SqliteStore::open_with(&cfg.store.path, commit_tx, options)?;
+                    let closed = Box::pin(sqlite.closed());
+                    (Arc::new(sqlite), recovery, closed)
+                }
+            };
         tracing::info!(
             store = %store.describe(),
             retention_hours = cfg.store.retention_hours,

@@ -383,7 +383,7 @@ fn check_config(file: PathBuf) -> Result<()> {
             " (plain TCP)"
         },
         describe_link(&cfg)?,
-        cfg.store.path.display()
+        cfg.store.describe()
     );
     Ok(())
 }
