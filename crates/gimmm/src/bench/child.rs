@@ -162,6 +162,8 @@ pub(super) struct GwSetup<'a> {
     pub(super) links: usize,
     pub(super) sessions: &'a [(String, String)],
     pub(super) store: &'a Path,
+    /// store.url: PostgreSQL instead of the SQLite file `store`.
+    pub(super) store_url: Option<&'a str>,
     pub(super) max_unacked: Option<usize>,
     /// Retry after 100 ms doubling up to 1 s (FCM is down on purpose).
     pub(super) retry_fast: bool,
@@ -271,6 +273,9 @@ pub(super) fn gateway_config(g: &GwSetup<'_>) -> Result<Config> {
         .map(|(id, t)| SessionConfig::new(id.as_str(), t.as_str()))
         .collect();
     cfg.store.path = g.store.to_path_buf();
+    if let Some(url) = g.store_url {
+        cfg.store.url = Secret::new(url);
+    }
     if let Some(h) = g.retention_hours {
         cfg.store.retention_hours = h;
     }

@@ -181,6 +181,12 @@ pub(crate) struct BenchArgs {
     /// Put it on the disk you want to measure.
     #[arg(long)]
     store_dir: Option<PathBuf>,
+    /// Run the bench's gateway on the PostgreSQL store at this URL
+    /// (store.url, SPEC §12) instead of SQLite. Use a database of its own:
+    /// what a previous run left queued there is sent too. Give the password
+    /// in PGPASSWORD rather than here, where `ps` shows it.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["store_dir", "gateway"])]
+    store_url: Option<String>,
     /// store.retention_hours of the gateway started by the bench (default:
     /// the gateway's default, 24; 0 keeps everything). A fraction is
     /// allowed: 0.001 is 3.6 s.

@@ -51,6 +51,7 @@ pub(super) async fn queue_while_down(a: BenchArgs) -> Result<()> {
         links: a.links,
         sessions: &sessions,
         store: &store,
+        store_url: a.store_url.as_deref(),
         max_unacked: a.max_unacked,
         retry_fast: true,
         bal_tls: BenchTls::files(tls.as_ref()),

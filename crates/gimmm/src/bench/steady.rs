@@ -125,7 +125,7 @@ pub(super) async fn load(a: BenchArgs) -> Result<()> {
     };
     // The store's files over the run (only when the bench started the
     // gateway and so knows where its store is).
-    let sampler = (a.gateway.is_none() && a.store_sample_secs > 0.0)
+    let sampler = (a.gateway.is_none() && a.store_url.is_none() && a.store_sample_secs > 0.0)
         .then(|| StoreSampler::start(&store, Duration::from_secs_f64(a.store_sample_secs)));
     sh.start_ns.store(sh.now_ns(), Ordering::Relaxed);
     let mut receivers = Vec::new();
@@ -313,6 +313,7 @@ async fn start_gateway(
         links: a.links,
         sessions,
         store,
+        store_url: a.store_url.as_deref(),
         max_unacked: a.max_unacked,
         retry_fast: false,
         bal_tls: BenchTls::files(tls),
