@@ -55,6 +55,49 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Upstream ingress over HTTPS (SPEC §10).
     pub ingress: IngressConfig,
+    /// Several nodes on one PostgreSQL store (SPEC §12; with `store.url`).
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]` (SPEC §12): how this node shares a PostgreSQL store with
+/// others. Today one node writes at a time (the holder of the writer
+/// lease) and the others wait as standbys; partitioned ownership over
+/// several active nodes is not built yet (`partitions` is not accepted).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name in the lease and the logs; default hostname-pid.
+    pub node_id: String,
+    /// A node silent this long loses the writing to a standby.
+    pub lease_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            lease_secs: 10,
+        }
+    }
+}
+
+/// Longest `cluster.lease_secs` accepted (an hour).
+pub const MAX_LEASE_SECS: u64 = 3600;
+
+impl ClusterConfig {
+    /// The store's lease options: this node, its lease, waiting as a
+    /// standby while another node writes.
+    pub fn lease(&self) -> store::postgres::LeaseOptions {
+        store::postgres::LeaseOptions {
+            node_id: if self.node_id.is_empty() {
+                store::postgres::default_node_id()
+            } else {
+                self.node_id.clone()
+            },
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            wait: None,
+        }
+    }
 }
 
 /// `fcm.api`: which FCM API gimmm speaks (SPEC §8.1).
@@ -755,6 +798,12 @@ impl Config {
             return Err(invalid("store.path", "must not be empty"));
         }
         self.store.postgres(None)?;
+        if !(1..=MAX_LEASE_SECS).contains(&self.cluster.lease_secs) {
+            return Err(invalid(
+                "cluster.lease_secs",
+                format!("must be 1..={MAX_LEASE_SECS}, not {}", self.cluster.lease_secs),
+            ));
+        }
         let r = self.store.retention_hours;
         if !r.is_finite() || !(0.0..=MAX_RETENTION_HOURS).contains(&r) {
             return Err(invalid(
@@ -986,7 +1035,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         if !matches!(
             section.as_str(),
-            "fcm" | "retry" | "bal" | "store" | "admin" | "ingress"
+            "fcm" | "retry" | "bal" | "store" | "admin" | "ingress" | "cluster"
         ) {
             return Err(ConfigError::Parse {
                 origin: format!("environment {name}"),
@@ -1015,7 +1064,8 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
                     | "project_id"
                     | "endpoint"
             ) | ("bal", "listen" | "tls_cert_file" | "tls_key_file")
-                | ("store", "path")
+                | ("store", "path" | "url")
+                | ("cluster", "node_id")
                 | ("admin", "listen" | "token")
                 | ("ingress", "listen" | "tls_cert_file" | "tls_key_file")
         );
@@ -1058,6 +1108,46 @@ mod tests {
     }
 
     const MIN: &str = "[[bal.sessions]]\nsession_id = \"a\"\ntoken = \"t\"\n";
+
+    #[test]
+    fn store_url_is_a_secret_and_is_checked() {
+        let c = load_str(
+            MIN,
+            &[
+                ("GIMMM_STORE__URL", "postgres://gimmm:pa55-word@db.internal/gimmm"),
+                ("GIMMM_CLUSTER__NODE_ID", "node-7"),
+                ("GIMMM_CLUSTER__LEASE_SECS", "5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.describe(), "postgres://gimmm@db.internal:5432/gimmm");
+        assert!(!format!("{c:?}").contains("pa55"));
+        let lease = c.cluster.lease();
+        assert_eq!((lease.node_id.as_str(), lease.lease.as_secs()), ("node-7", 5));
+        assert_eq!(lease.wait, None, "a second node waits as a standby");
+        let e = load_str(
+            MIN,
+            &[("GIMMM_STORE__URL", "postgres://gimmm:pa55-word@db.internal:port/x")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.url") && !e.contains("pa55"), "{e}");
+        let e = load_str(
+            &format!("{MIN}[store]\nurl = \"postgres://u:pa55-word@h:99999/d\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("pa55"), "{e}");
+        let e = load_str(MIN, &[("GIMMM_CLUSTER__LEASE_SECS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.lease_secs"), "{e}");
+        let e = load_str(&format!("{MIN}[cluster]\npartitions = 64\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("partitions"), "{e}");
+    }
 
     #[test]
     fn defaults_and_embedded() {

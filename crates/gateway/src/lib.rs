@@ -110,6 +110,8 @@ pub struct Gateway {
     tracker: TaskTracker,
     engine: mpsc::Sender<engine::Cmd>,
     store_closed: StoreClosed,
+    /// Set when the gateway stopped by itself (the store fenced it).
+    fatal: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Resolves when the store has closed (its writer finished, its lock released).
@@ -155,19 +157,28 @@ impl Gateway {
             ..store::StoreOptions::default()
         };
         let pgpassword = std::env::var("PGPASSWORD").ok();
-        let (store, recovery, store_closed): (store::SharedStore, _, StoreClosed) =
+        // On PostgreSQL a node may wait here as a standby until the
+        // writer lease is free (SPEC §12); losing the lease later stops the
+        // gateway (`fenced`).
+        let (store, recovery, store_closed, fenced): (store::SharedStore, _, StoreClosed, _) =
             match cfg.store.postgres(pgpassword.as_deref())? {
                 Some(target) => {
-                    let (pg, recovery) =
-                        store::postgres::PgStore::open_with(target, commit_tx, options).await?;
+                    let (pg, recovery) = store::postgres::PgStore::open_with(
+                        target,
+                        cfg.cluster.lease(),
+                        commit_tx,
+                        options,
+                    )
+                    .await?;
                     let closed = Box::pin(pg.closed());
-                    (Arc::new(pg), recovery, closed)
+                    let fenced = Some(pg.fenced());
+                    (Arc::new(pg), recovery, closed, fenced)
                 }
                 None => {
                     let (sqlite, recovery) =
                         store::sqlite::SqliteStore::open_with(&cfg.store.path, commit_tx, options)?;
                     let closed = Box::pin(sqlite.closed());
-                    (Arc::new(sqlite), recovery, closed)
+                    (Arc::new(sqlite), recovery, closed, None)
                 }
             };
         tracing::info!(
@@ -294,6 +305,23 @@ impl Gateway {
                 .with_link(kind, extra_metrics);
             tracker.spawn(admin::serve(l, state, shutdown.clone()));
         }
+        let (fatal_tx, fatal) = tokio::sync::watch::channel(None);
+        if let Some(fenced) = fenced {
+            // Another node writes now and owns what this one holds: stop at
+            // once, without waiting for FCM's answers (they could not be
+            // stored); the new writer resends what was in flight.
+            let (shutdown, abort) = (shutdown.clone(), abort.clone());
+            tracker.spawn(async move {
+                tokio::select! {
+                    reason = fenced => {
+                        let _ = fatal_tx.send(Some(reason));
+                        abort.cancel();
+                        shutdown.cancel();
+                    }
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
         tracker.close();
         let fcm = if choice.is_http_v1() {
             format!("{} (HTTP v1)", cfg.fcm.endpoint)
@@ -310,6 +338,7 @@ impl Gateway {
             tracker,
             engine: ctl_tx,
             store_closed,
+            fatal,
         })
     }
 
@@ -354,6 +383,21 @@ impl Gateway {
                 waited_secs = STORE_CLOSE_WAIT.as_secs(),
                 "the store is still open after every task finished"
             );
+        }
+    }
+
+    /// Resolves with the reason when the gateway stops by itself: on the
+    /// PostgreSQL store, another node took the writer lease (SPEC §12).
+    /// Then [`Gateway::wait`] and exit with an error.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.clone();
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 

@@ -560,7 +560,15 @@ async fn serve(a: ServeArgs) -> Result<()> {
             emu = Some(InProcess::V1(e));
         }
     }
-    let gw = gateway::Gateway::start_with(cfg, opts, shutdown.clone()).await?;
+    // On PostgreSQL a standby waits in start_with until it holds the
+    // writer lease (SPEC §12); a signal meanwhile just ends it.
+    let gw = tokio::select! {
+        gw = gateway::Gateway::start_with(cfg, opts, shutdown.clone()) => gw?,
+        _ = signals.recv() => {
+            tracing::info!("signal before the gateway started (a standby waiting for the writer lease): exiting");
+            return Ok(());
+        }
+    };
     if let Some(path) = &a.ports_file {
         if let Err(e) = write_ports_file(path, gw.bal_addr, gw.admin_addr, gw.ingress_addr) {
             gw.stop().await;
@@ -574,7 +582,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if let Some(a) = gw.ingress_addr {
         println!("upstream ingress on {a} (POST /v1/upstream)");
     }
-    signals.recv().await;
+    tokio::select! {
+        _ = signals.recv() => {}
+        reason = gw.fatal() => {
+            tracing::error!(%reason, "stopping: another node writes now");
+            gw.wait().await;
+            anyhow::bail!("{reason}");
+        }
+    }
     tracing::info!(
         "shutting down: taking nothing new, waiting for FCM's answers to what is in flight (a second signal exits at once)"
     );

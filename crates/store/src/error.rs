@@ -29,6 +29,15 @@ pub enum StoreError {
     /// The writer is gone.
     #[error("store writer stopped")]
     Stopped,
+    /// Another node took this node's writer lease (SPEC §12): this node
+    /// writes nothing more.
+    #[error("store {store}: {reason}; this node writes nothing more")]
+    Fenced {
+        /// The store (never a password).
+        store: String,
+        /// How it was lost.
+        reason: String,
+    },
     /// The database was written by a newer gimmm.
     #[error("store {path} has schema version {found}, this gimmm knows up to {known}")]
     TooNew {

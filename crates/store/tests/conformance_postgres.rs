@@ -6,7 +6,7 @@
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use store::conformance::{Harness, Opened};
-use store::postgres::{PgStore, PgTarget};
+use store::postgres::{LeaseOptions, PgStore, PgTarget};
 use store::{StoreError, StoreOptions};
 
 struct Postgres {
@@ -17,7 +17,9 @@ impl Harness for Postgres {
     fn open_with(&mut self, options: StoreOptions) -> BoxFuture<'_, Result<Opened, StoreError>> {
         Box::pin(async move {
             let (tx, commits) = tokio::sync::mpsc::unbounded_channel();
-            let (store, recovery) = PgStore::open_with(self.target.clone(), tx, options).await?;
+            let (store, recovery) =
+                PgStore::open_with(self.target.clone(), LeaseOptions::default(), tx, options)
+                    .await?;
             Ok(Opened {
                 store: Arc::new(store),
                 recovery,

@@ -14,14 +14,22 @@
 //! * **Reads** run on a second connection ([`reader`]); tokio-postgres
 //!   pipelines concurrent queries on it. They stop at the durable marks
 //!   like the SQLite store's.
-//! * **One writer per database.** The writer connection holds a session
-//!   advisory lock; a second gimmm on the same database is refused with
-//!   [`StoreError::Locked`]. That is also the fence: every transaction runs
-//!   on the connection that holds the lock, and when that connection is
-//!   lost the lock goes with it, so a writer that reconnects takes the lock
-//!   again before it commits anything, and stays degraded (new messages
-//!   refused, nothing written) while another node holds it. Partitioned
-//!   ownership across several nodes (SPEC §12's cluster) is not built yet.
+//! * **One writer per database: the writer lease** (`writer_lease`,
+//!   migration 0002). A node writes only while it holds the lease; it takes
+//!   it once the lease has expired (by the server's clock), with a new
+//!   epoch, and renews it in the first statement of every transaction it
+//!   commits (and every third of the lease when idle), matching holder and
+//!   epoch. That is the fence, enforced in the SQL: a node whose lease was
+//!   taken over finds no row to renew, its transaction is rolled back, and
+//!   the store reports itself fenced ([`PgStore::fenced`]) and takes
+//!   nothing more. A node that could not renew for a whole lease (the
+//!   server unreachable) fences itself the same way, since another may have
+//!   taken over. A lost connection alone loses nothing: the lease outlives
+//!   it. An open waits for the lease ([`LeaseOptions::wait`]: a second
+//!   gimmm is refused with [`StoreError::Locked`], or waits as a standby
+//!   and becomes the writer when the holder stops or dies). Partitioned
+//!   ownership across several active nodes (SPEC §12's cluster) is not
+//!   built yet.
 //! * **Retention** (SPEC §11): the writer prunes between groups, in steps
 //!   of `prune_batch` rows, by the partial index on `done_at` and the index
 //!   on `upstream_seen.at`.
@@ -35,12 +43,45 @@ mod writer;
 
 pub use target::PgTarget;
 
-/// The key of the session advisory lock the writer holds
-/// (`pg_try_advisory_lock`; "gimmm" in ASCII). Advisory locks are per
-/// database, so stores in different databases of one server do not meet;
-/// `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = …`
-/// finds the node writing.
+/// The key of the transaction advisory lock the migrations take, so that
+/// nodes starting together migrate one after another ("gimmm" in ASCII;
+/// advisory locks are per database).
 pub const WRITER_LOCK_KEY: i64 = 0x67_69_6d_6d_6d;
+
+/// How a node holds the writer lease (SPEC §12 `[cluster]`).
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// This node's name in `writer_lease.holder` (logs and the admin API;
+    /// uniqueness is the epoch's job).
+    pub node_id: String,
+    /// How long the lease lasts without a renewal (`cluster.lease_secs`):
+    /// a node silent this long loses the writing to another.
+    pub lease: Duration,
+    /// How long an open waits for a lease held by another node before
+    /// refusing with [`StoreError::Locked`]; `None` waits as a standby
+    /// until it gets it.
+    pub wait: Option<Duration>,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions {
+            node_id: default_node_id(),
+            lease: Duration::from_secs(10),
+            wait: Some(writer::LOCK_WAIT),
+        }
+    }
+}
+
+/// `hostname-pid`, the default node id.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gimmm".into());
+    format!("{host}-{}", std::process::id())
+}
 
 use crate::marks::{durable, Marks};
 use crate::retention::{Pruned, StoreOptions};
@@ -51,6 +92,7 @@ use crate::{ReadResult, Store, StoreError};
 use futures::future::BoxFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -65,6 +107,7 @@ pub struct PgStore {
     degraded: Arc<AtomicBool>,
     pruned: watch::Receiver<Pruned>,
     closed: watch::Receiver<()>,
+    fenced: watch::Receiver<Option<String>>,
     _stop: Arc<StopOnDrop>,
 }
 
@@ -86,19 +129,19 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Connects to `target`, takes the database's writer lock (waiting
-    /// about two seconds for a store that is closing), migrates the schema,
-    /// recovers the counters and starts the writer; each committed batch is
-    /// reported on `committed`.
+    /// Connects to `target`, migrates the schema, takes the writer lease
+    /// (waiting as `lease.wait` says), recovers the counters and starts the
+    /// writer; each committed batch is reported on `committed`.
     pub async fn open_with(
         target: PgTarget,
+        lease: LeaseOptions,
         committed: UnboundedSender<Committed>,
         options: StoreOptions,
     ) -> Result<(PgStore, Recovery), StoreError> {
         let target = Arc::new(target);
         let mut conn = writer::WriterConn::connect(&target).await?;
-        conn.lock(&target, writer::LOCK_WAIT).await?;
         migrate::migrate(&mut conn.client, &target).await?;
+        let epoch = conn.acquire_waiting(&target, &lease).await?;
         conn.prepare(&target).await?;
         let (recovery, max_id, max_seq) = reader::recover(&conn.client, &target).await?;
         let marks = Arc::new(Marks::default());
@@ -107,14 +150,18 @@ impl PgStore {
         let degraded = Arc::new(AtomicBool::new(false));
         let (totals, pruned) = watch::channel(Pruned::default());
         let (closed_tx, closed) = watch::channel(());
+        let (fenced_tx, fenced) = watch::channel(None);
         let (tx, rx) = mpsc::unbounded_channel();
         let w = writer::Writer::new(writer::Parts {
             conn,
+            epoch,
+            lease,
             target: target.clone(),
             rx,
             committed,
             marks: marks.clone(),
             degraded: degraded.clone(),
+            fenced: fenced_tx,
             totals,
             options,
         });
@@ -122,7 +169,7 @@ impl PgStore {
             w.run().await;
             drop(closed_tx);
         });
-        tracing::debug!(store = %target, "postgres store open");
+        tracing::info!(store = %target, epoch, "postgres store open: this node holds the writer lease");
         Ok((
             PgStore {
                 tx: tx.clone(),
@@ -132,10 +179,29 @@ impl PgStore {
                 degraded,
                 pruned,
                 closed,
+                fenced,
                 _stop: Arc::new(StopOnDrop(tx)),
             },
             recovery,
         ))
+    }
+
+    /// Resolves with the reason once this node lost the writer lease (see
+    /// the module docs): it commits nothing more, and what it holds in
+    /// memory is another node's now. Pending for ever while it writes.
+    pub fn fenced(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.fenced.clone();
+        async move {
+            loop {
+                if let Some(r) = rx.borrow_and_update().clone() {
+                    return r;
+                }
+                if rx.changed().await.is_err() {
+                    // The writer stopped without being fenced.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 
     /// Resolves once the writer has finished (every handle dropped, the
@@ -148,6 +214,12 @@ impl PgStore {
 
 impl Store for PgStore {
     fn submit(&self, batch: Batch) -> Result<(), StoreError> {
+        if let Some(reason) = self.fenced.borrow().clone() {
+            return Err(StoreError::Fenced {
+                store: self.target.to_string(),
+                reason,
+            });
+        }
         self.tx
             .send(writer::ToWriter::Batch(batch))
             .map_err(|_| StoreError::Stopped)

@@ -96,8 +96,14 @@ pub(crate) async fn connect(
     target: &PgTarget,
     role: &'static str,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), crate::StoreError> {
-    let (client, connection) = target
-        .config()
+    // `gimmm-writer` / `gimmm-reader` in pg_stat_activity.
+    let mut config = target.config().clone();
+    let name = format!(
+        "{}-{role}",
+        config.get_application_name().unwrap_or("gimmm")
+    );
+    config.application_name(&name);
+    let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(super::pg(target, "connecting"))?;

@@ -1,10 +1,12 @@
 //! The PostgreSQL store's writer task (the store contract's "Writes", SPEC
-//! §6 group commit, SPEC §11 retention, SPEC §12): one connection holding
-//! the database's writer lock; every batch waiting goes into one
-//! transaction, its statements pipelined [`PIPELINE`] at a time; reports in
-//! order after `COMMIT`; prune steps between groups.
+//! §6 group commit, SPEC §11 retention, SPEC §12): one connection; every
+//! batch waiting goes into one transaction that first renews the writer
+//! lease (the fence: see the module docs of [`super`]), its statements
+//! pipelined [`PIPELINE`] at a time; reports in order after `COMMIT`; prune
+//! steps between groups; the lease renewed when idle and released at the
+//! end.
 
-use super::{pg, target, PgTarget, WRITER_LOCK_KEY as LOCK_KEY};
+use super::{pg, target, LeaseOptions, PgTarget};
 use crate::marks::Marks;
 use crate::retention::{Pruned, StoreOptions};
 use crate::types::{batch_marks, Batch, Committed, Op};
@@ -20,8 +22,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, Statement, Transaction};
 
-/// How long an open waits for the writer lock of a store that is closing
-/// before it refuses with [`StoreError::Locked`].
+/// How long an open waits by default for the writer lease held by another
+/// node (one that is closing lets go at once) before it refuses with
+/// [`StoreError::Locked`].
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Statements sent before their answers are awaited: `join_all` polls up to
@@ -30,6 +33,11 @@ const PIPELINE: usize = 30;
 
 /// Most writes in one transaction; more batches wait for the next.
 const MAX_GROUP_OPS: usize = 4096;
+
+/// How often a standby looks whether the writer lease has expired, and how
+/// often it says it is waiting.
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+const STANDBY_TELL_EVERY: Duration = Duration::from_secs(30);
 
 /// Backoff between failed commits.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -65,6 +73,15 @@ const SQL_KEEP_NEXT_ID: &str = "UPDATE meta SET value =
 const SQL_PRUNE_DOWN: &str = "WITH gone AS (DELETE FROM downstream WHERE id IN
  (SELECT id FROM downstream WHERE state = 1 AND done_at < $1 ORDER BY done_at LIMIT $2)
  RETURNING 1) SELECT count(*) FROM gone";
+const SQL_ACQUIRE: &str = "UPDATE writer_lease
+ SET holder = $1, epoch = epoch + 1, expires_at = now() + make_interval(secs => $2)
+ WHERE id = 1 AND expires_at < now() RETURNING epoch";
+const SQL_HOLDER: &str = "SELECT holder, extract(epoch FROM expires_at - now())::float8
+ FROM writer_lease WHERE id = 1";
+const SQL_RENEW: &str = "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $3)
+ WHERE id = 1 AND holder = $1 AND epoch = $2";
+const SQL_RELEASE: &str = "UPDATE writer_lease SET expires_at = '-infinity'
+ WHERE id = 1 AND holder = $1 AND epoch = $2";
 const SQL_PRUNE_UP: &str = "WITH gone AS (DELETE FROM upstream_seen WHERE message_id IN
  (SELECT message_id FROM upstream_seen WHERE at < $1 ORDER BY at LIMIT $2)
  RETURNING 1) SELECT count(*) FROM gone";
@@ -83,6 +100,7 @@ struct Stmts {
     keep_next_id: Statement,
     prune_down: Statement,
     prune_up: Statement,
+    renew: Statement,
 }
 
 /// The writer's connection: it holds the writer lock.
@@ -102,22 +120,39 @@ impl WriterConn {
         })
     }
 
-    /// Takes the writer lock, trying for up to `wait`.
-    pub(crate) async fn lock(&self, target: &PgTarget, wait: Duration) -> Result<(), StoreError> {
+    /// Takes the writer lease once it has expired, waiting as `lease.wait`
+    /// says (for ever: a standby); returns the new epoch.
+    pub(crate) async fn acquire_waiting(
+        &self,
+        target: &PgTarget,
+        lease: &LeaseOptions,
+    ) -> Result<i64, StoreError> {
+        let e = pg(target, "taking the writer lease");
+        let secs = lease.lease.as_secs_f64().max(0.001);
         let mut waited = Duration::ZERO;
-        let step = Duration::from_millis(50);
+        let mut told = None::<Duration>;
         loop {
-            let got: bool = self
+            let got = self
                 .client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+                .query_opt(SQL_ACQUIRE, &[&lease.node_id, &secs])
                 .await
-                .map_err(pg(target, "taking the writer lock"))?
-                .get(0);
-            if got {
-                return Ok(());
+                .map_err(&e)?;
+            if let Some(row) = got {
+                return Ok(row.get(0));
             }
-            if waited >= wait {
-                return Err(StoreError::Locked(PathBuf::from(target.to_string())));
+            let step = match lease.wait {
+                Some(w) if waited >= w => {
+                    return Err(StoreError::Locked(PathBuf::from(target.to_string())))
+                }
+                Some(_) => Duration::from_millis(50),
+                None => STANDBY_POLL,
+            };
+            if lease.wait.is_none() && told.is_none_or(|t| waited >= t + STANDBY_TELL_EVERY) {
+                let row = self.client.query_one(SQL_HOLDER, &[]).await.map_err(&e)?;
+                let (holder, left): (String, f64) = (row.get(0), row.get(1));
+                tracing::info!(store = %target, holder = %holder, expires_in_secs = left.max(0.0),
+                    "standby: another node holds the writer lease; taking over when it stops or falls silent");
+                told = Some(waited);
             }
             tokio::time::sleep(step).await;
             waited += step;
@@ -140,6 +175,7 @@ impl WriterConn {
             keep_next_id: c.prepare(SQL_KEEP_NEXT_ID).await.map_err(&e)?,
             prune_down: c.prepare(SQL_PRUNE_DOWN).await.map_err(&e)?,
             prune_up: c.prepare(SQL_PRUNE_UP).await.map_err(&e)?,
+            renew: c.prepare(SQL_RENEW).await.map_err(&e)?,
         });
         Ok(())
     }
@@ -148,6 +184,11 @@ impl WriterConn {
 /// What the writer is started with.
 pub(crate) struct Parts {
     pub(crate) conn: WriterConn,
+    /// The writer lease's epoch this node holds.
+    pub(crate) epoch: i64,
+    pub(crate) lease: LeaseOptions,
+    /// Set once the lease is lost.
+    pub(crate) fenced: watch::Sender<Option<String>>,
     pub(crate) target: Arc<PgTarget>,
     pub(crate) rx: UnboundedReceiver<ToWriter>,
     pub(crate) committed: UnboundedSender<Committed>,
@@ -160,6 +201,13 @@ pub(crate) struct Parts {
 /// The writer task's state.
 pub(crate) struct Writer {
     conn: Option<WriterConn>,
+    epoch: i64,
+    lease: LeaseOptions,
+    fenced: watch::Sender<Option<String>>,
+    /// When the lease was last renewed (a commit or an idle renewal).
+    renewed: Instant,
+    /// When to renew it next if no commit does.
+    next_renew: Instant,
     target: Arc<PgTarget>,
     rx: UnboundedReceiver<ToWriter>,
     committed: UnboundedSender<Committed>,
@@ -182,8 +230,14 @@ type Outcome = (Vec<u64>, Vec<u64>);
 
 impl Writer {
     pub(crate) fn new(p: Parts) -> Writer {
+        let first_renew = Instant::now() + renew_every(&p.lease);
         Writer {
             conn: Some(p.conn),
+            epoch: p.epoch,
+            lease: p.lease,
+            fenced: p.fenced,
+            renewed: Instant::now(),
+            next_renew: first_renew,
             target: p.target,
             rx: p.rx,
             committed: p.committed,
@@ -204,27 +258,32 @@ impl Writer {
         let every = self.options.prune_interval.max(Duration::from_millis(1));
         let mut next_prune = Instant::now() + every;
         loop {
+            if self.is_fenced() {
+                self.refuse_all().await;
+                break;
+            }
             if self.group.is_empty() && self.prunes.is_empty() {
                 if self.stop {
                     break;
                 }
-                let msg = if self.options.retention.is_some() {
-                    tokio::select! {
-                        m = self.rx.recv() => m,
-                        _ = tokio::time::sleep_until(next_prune) => {
-                            if let Err(e) = self.prune_pass().await {
-                                tracing::warn!(store = %self.target, error = %e, "prune pass failed");
-                            }
-                            next_prune = Instant::now() + every;
-                            continue;
-                        }
+                let prune_at = self.options.retention.map(|_| next_prune);
+                let renew_at = self.next_renew;
+                tokio::select! {
+                    m = self.rx.recv() => match m {
+                        Some(m) => self.take(m),
+                        None => self.stop = true,
+                    },
+                    _ = tokio::time::sleep_until(renew_at) => {
+                        self.renew_idle().await;
+                        continue;
                     }
-                } else {
-                    self.rx.recv().await
-                };
-                match msg {
-                    Some(m) => self.take(m),
-                    None => self.stop = true,
+                    _ = sleep_until_some(prune_at) => {
+                        if let Err(e) = self.prune_pass().await {
+                            tracing::warn!(store = %self.target, error = %e, "prune pass failed");
+                        }
+                        next_prune = Instant::now() + every;
+                        continue;
+                    }
                 }
             }
             self.drain();
@@ -248,11 +307,100 @@ impl Writer {
             }
         }
         if let Some(c) = self.conn.take() {
+            if !self.is_fenced() {
+                // Let a standby take over at once.
+                let released = c
+                    .client
+                    .execute(SQL_RELEASE, &[&self.lease.node_id, &self.epoch])
+                    .await;
+                if let Err(e) = released {
+                    tracing::warn!(store = %self.target, error = %e, "could not release the writer lease; it expires by itself");
+                }
+            }
             let WriterConn { client, task, .. } = c;
             drop(client);
             let _ = task.await;
         }
         tracing::debug!(store = %self.target, "postgres store writer stopped");
+    }
+
+    fn renewed_now(&mut self) {
+        self.renewed = Instant::now();
+        self.next_renew = self.renewed + renew_every(&self.lease);
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fenced.borrow().is_some()
+    }
+
+    /// The lease is lost: say so once; nothing more is committed.
+    fn fence(&mut self, reason: String) {
+        if self.is_fenced() {
+            return;
+        }
+        tracing::error!(store = %self.target, node = %self.lease.node_id, epoch = self.epoch, %reason,
+            "this node lost the writer lease: it commits nothing more");
+        self.degraded.store(true, Ordering::Relaxed);
+        self.fenced.send_replace(Some(reason));
+    }
+
+    /// After the fence: batches are dropped unreported (nothing of theirs
+    /// is stored; the node holding the lease now owns the work), prune
+    /// requests refused, until the last handle is gone.
+    async fn refuse_all(&mut self) {
+        let reason = self.fenced.borrow().clone().unwrap_or_default();
+        let refuse = |tx: oneshot::Sender<ReadResult<Pruned>>, target: &PgTarget| {
+            let _ = tx.send(Err(StoreError::Fenced {
+                store: target.to_string(),
+                reason: reason.clone(),
+            }));
+        };
+        self.group.clear();
+        for tx in std::mem::take(&mut self.prunes) {
+            refuse(tx, &self.target);
+        }
+        while let Some(m) = self.rx.recv().await {
+            match m {
+                ToWriter::Batch(_) => {}
+                ToWriter::Prune(tx) => refuse(tx, &self.target),
+                ToWriter::Stop => break,
+            }
+        }
+    }
+
+    /// Renews the lease while no batch comes. A node that could not renew
+    /// for a whole lease fences itself: another may have taken over.
+    async fn renew_idle(&mut self) {
+        let (node, epoch, secs) = (
+            self.lease.node_id.clone(),
+            self.epoch,
+            self.lease.lease.as_secs_f64(),
+        );
+        let target = self.target.clone();
+        let r = match self.connected().await {
+            Ok(c) => c
+                .client
+                .execute(SQL_RENEW, &[&node, &epoch, &secs])
+                .await
+                .map_err(pg(&target, "renewing the writer lease")),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(1) => self.renewed_now(),
+            Ok(_) => self.fence("another node took the writer lease".into()),
+            Err(e) => {
+                if self.renewed.elapsed() >= self.lease.lease {
+                    self.fence(format!(
+                        "the writer lease could not be renewed for {:?} ({e})",
+                        self.lease.lease
+                    ));
+                } else {
+                    tracing::warn!(store = %self.target, error = %e, "could not renew the writer lease; retrying");
+                    // Again soon, not a whole renewal period later.
+                    self.next_renew = Instant::now() + RETRY_MAX.min(self.lease.lease / 6);
+                }
+            }
+        }
     }
 
     fn take(&mut self, m: ToWriter) {
@@ -276,18 +424,16 @@ impl Writer {
         }
     }
 
-    /// The writer connection, reopened (and the lock taken again) when it
-    /// was lost. While another node holds the lock this fails: nothing is
-    /// written beside it.
+    /// The writer connection, reopened when it was lost (the lease
+    /// outlives it; the next renewal says whether it is still ours).
     async fn connected(&mut self) -> Result<&mut WriterConn, StoreError> {
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             self.conn = None;
         }
         if self.conn.is_none() {
             let mut c = WriterConn::connect(&self.target).await?;
-            c.lock(&self.target, Duration::ZERO).await?;
             c.prepare(&self.target).await?;
-            tracing::info!(store = %self.target, "postgres writer connection reopened, writer lock held");
+            tracing::info!(store = %self.target, "postgres writer connection reopened");
             self.conn = Some(c);
         }
         match self.conn.as_mut() {
@@ -297,23 +443,44 @@ impl Writer {
     }
 
     /// Commits the group, retrying until it is in (with its new messages
-    /// refused after the first failure), then reports each batch in order.
+    /// refused once a commit failed for another reason than a connection
+    /// lost and reopened at once), then reports each batch in order. A
+    /// fenced node reports nothing: the group is not stored.
     async fn commit_group(&mut self) {
         let group = std::mem::take(&mut self.group);
         self.group_ops = 0;
         let started = Instant::now();
         let mut refused: Option<String> = None;
         let mut delay = RETRY_FIRST;
+        let mut reconnected = false;
         let outcomes = loop {
             let now = self.options.clock.now_ms();
             match self.try_commit(&group, refused.is_some(), now).await {
                 Ok(o) => break o,
-                Err(e) => {
+                Err(Failed::Fenced) => {
+                    self.fence("another node took the writer lease".into());
+                    return;
+                }
+                Err(Failed::Store(e)) => {
+                    let lost = self.conn.as_ref().is_none_or(|c| c.client.is_closed());
+                    if lost && !reconnected {
+                        // A connection dropped between groups: reopen and
+                        // retry once before refusing anything.
+                        reconnected = true;
+                        continue;
+                    }
                     self.failures += 1;
                     self.degraded.store(true, Ordering::Relaxed);
                     if self.failures == 1 || self.failures.is_multiple_of(100) {
                         tracing::warn!(store = %self.target, error = %e, failures = self.failures,
                             "store commit failed; new messages are refused while it lasts");
+                    }
+                    if self.renewed.elapsed() >= self.lease.lease {
+                        self.fence(format!(
+                            "the writer lease could not be renewed for {:?} ({e})",
+                            self.lease.lease
+                        ));
+                        return;
                     }
                     refused = Some(format!("store write failed: {e}"));
                     tokio::time::sleep(delay).await;
@@ -361,14 +528,28 @@ impl Writer {
         group: &[Batch],
         skip_inserts: bool,
         now: i64,
-    ) -> Result<Vec<Outcome>, StoreError> {
+    ) -> Result<Vec<Outcome>, Failed> {
         let target = self.target.clone();
         let e = pg(&target, "committing a batch");
+        let (node, epoch, secs) = (
+            self.lease.node_id.clone(),
+            self.epoch,
+            self.lease.lease.as_secs_f64(),
+        );
         let WriterConn { client, st, .. } = self.connected().await?;
         let Some(st) = st.as_ref() else {
-            return Err(StoreError::Stopped);
+            return Err(StoreError::Stopped.into());
         };
         let tx = client.transaction().await.map_err(&e)?;
+        // The fence: no row unless this node still holds the lease.
+        if tx
+            .execute(&st.renew, &[&node, &epoch, &secs])
+            .await
+            .map_err(&e)?
+            != 1
+        {
+            return Err(Failed::Fenced);
+        }
         let out = apply_group(&tx, st, group, skip_inserts, now)
             .await
             .map_err(&e)?;
@@ -379,6 +560,7 @@ impl Writer {
                 .map_err(&e)?;
         }
         tx.commit().await.map_err(&e)?;
+        self.renewed_now();
         Ok(out)
     }
 
@@ -411,11 +593,29 @@ impl Writer {
     async fn prune_step(&mut self, cutoff: i64, limit: i64) -> Result<Pruned, StoreError> {
         let target = self.target.clone();
         let e = pg(&target, "pruning");
+        let (node, epoch, secs) = (
+            self.lease.node_id.clone(),
+            self.epoch,
+            self.lease.lease.as_secs_f64(),
+        );
         let WriterConn { client, st, .. } = self.connected().await?;
         let Some(st) = st.as_ref() else {
             return Err(StoreError::Stopped);
         };
         let tx = client.transaction().await.map_err(&e)?;
+        if tx
+            .execute(&st.renew, &[&node, &epoch, &secs])
+            .await
+            .map_err(&e)?
+            != 1
+        {
+            drop(tx);
+            self.fence("another node took the writer lease".into());
+            return Err(StoreError::Fenced {
+                store: target.to_string(),
+                reason: "another node took the writer lease".into(),
+            });
+        }
         // Ids stay above every row handed out, even the pruned highest.
         tx.execute(&st.keep_next_id, &[]).await.map_err(&e)?;
         let down: i64 = tx
@@ -433,6 +633,33 @@ impl Writer {
             downstream: down as u64,
             upstream: up as u64,
         })
+    }
+}
+
+/// Why a commit did not happen.
+enum Failed {
+    /// The renewal found no row: another node holds the lease.
+    Fenced,
+    /// Anything else (connection, server).
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Store(e)
+    }
+}
+
+/// An idle node renews its lease every third of it.
+fn renew_every(lease: &LeaseOptions) -> Duration {
+    (lease.lease / 3).max(Duration::from_millis(10))
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
