@@ -801,7 +801,10 @@ impl Config {
         if !(1..=MAX_LEASE_SECS).contains(&self.cluster.lease_secs) {
             return Err(invalid(
                 "cluster.lease_secs",
-                format!("must be 1..={MAX_LEASE_SECS}, not {}", self.cluster.lease_secs),
+                format!(
+                    "must be 1..={MAX_LEASE_SECS}, not {}",
+                    self.cluster.lease_secs
+                ),
             ));
         }
         let r = self.store.retention_hours;
@@ -1114,20 +1117,32 @@ mod tests {
         let c = load_str(
             MIN,
             &[
-                ("GIMMM_STORE__URL", "postgres://gimmm:pa55-word@db.internal/gimmm"),
+                (
+                    "GIMMM_STORE__URL",
+                    "postgres://gimmm:pa55-word@db.internal/gimmm",
+                ),
                 ("GIMMM_CLUSTER__NODE_ID", "node-7"),
                 ("GIMMM_CLUSTER__LEASE_SECS", "5"),
             ],
         )
         .unwrap();
-        assert_eq!(c.store.describe(), "postgres://gimmm@db.internal:5432/gimmm");
+        assert_eq!(
+            c.store.describe(),
+            "postgres://gimmm@db.internal:5432/gimmm"
+        );
         assert!(!format!("{c:?}").contains("pa55"));
         let lease = c.cluster.lease();
-        assert_eq!((lease.node_id.as_str(), lease.lease.as_secs()), ("node-7", 5));
+        assert_eq!(
+            (lease.node_id.as_str(), lease.lease.as_secs()),
+            ("node-7", 5)
+        );
         assert_eq!(lease.wait, None, "a second node waits as a standby");
         let e = load_str(
             MIN,
-            &[("GIMMM_STORE__URL", "postgres://gimmm:pa55-word@db.internal:port/x")],
+            &[(
+                "GIMMM_STORE__URL",
+                "postgres://gimmm:pa55-word@db.internal:port/x",
+            )],
         )
         .unwrap_err()
         .to_string();

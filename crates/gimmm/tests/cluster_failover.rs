@@ -92,7 +92,10 @@ async fn a_standby_takes_over_from_a_killed_writer_and_nothing_is_lost() {
     probe.wait_accepted(total / 3, WAIT).await.unwrap();
     probe.wait_finals(50, WAIT).await.unwrap();
     let seen = probe.snapshot();
-    assert!(seen.finals.len() < seen.accepted.len(), "the kill must happen mid-flight");
+    assert!(
+        seen.finals.len() < seen.accepted.len(),
+        "the kill must happen mid-flight"
+    );
     let seen_before = seen.finals.len() as u64;
     // What FCM had answered before the kill (taken just before it, so up
     // to a window more may follow before A dies).
@@ -103,7 +106,9 @@ async fn a_standby_takes_over_from_a_killed_writer_and_nothing_is_lost() {
     let accepted = probe.snapshot().accepted;
 
     // B takes over once A's lease has run out.
-    let b = tokio::time::timeout(WAIT, b).await.expect("B never took over");
+    let b = tokio::time::timeout(WAIT, b)
+        .await
+        .expect("B never took over");
     let mut b = b.unwrap().unwrap();
     let took = killed_at.elapsed();
     eprintln!(

@@ -14,3 +14,19 @@ CREATE TABLE writer_lease (
     expires_at TIMESTAMPTZ NOT NULL
 );
 INSERT INTO writer_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, '-infinity');
+
+-- The renewal inside a transaction: raises (SQLSTATE GM001) when this node
+-- no longer holds the lease, which aborts the transaction, so a writer can
+-- send its whole transaction at once and the server still refuses to
+-- commit it for a node that lost the lease.
+CREATE FUNCTION gimmm_renew_lease(p_holder TEXT, p_epoch BIGINT, p_secs DOUBLE PRECISION)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE writer_lease SET expires_at = now() + make_interval(secs => p_secs)
+     WHERE id = 1 AND holder = p_holder AND epoch = p_epoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gimmm: this node no longer holds the writer lease'
+            USING ERRCODE = 'GM001';
+    END IF;
+END
+$$;

@@ -1,8 +1,8 @@
 //! The PostgreSQL store's writer task (the store contract's "Writes", SPEC
 //! §6 group commit, SPEC §11 retention, SPEC §12): one connection; every
 //! batch waiting goes into one transaction that first renews the writer
-//! lease (the fence: see the module docs of [`super`]), its statements
-//! pipelined [`PIPELINE`] at a time; reports in order after `COMMIT`; prune
+//! lease (the fence: see the module docs of [`super`]), sent at once and
+//! its answers read after (pipelining); reports in order after `COMMIT`; prune
 //! steps between groups; the lease renewed when idle and released at the
 //! end.
 
@@ -20,16 +20,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, Statement};
 
 /// How long an open waits by default for the writer lease held by another
 /// node (one that is closing lets go at once) before it refuses with
 /// [`StoreError::Locked`].
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
-
-/// Statements sent before their answers are awaited: `join_all` polls up to
-/// this many futures in order (its small path), so they go out in order.
-const PIPELINE: usize = 30;
 
 /// Most writes in one transaction; more batches wait for the next.
 const MAX_GROUP_OPS: usize = 4096;
@@ -80,6 +76,7 @@ const SQL_HOLDER: &str = "SELECT holder, extract(epoch FROM expires_at - now()):
  FROM writer_lease WHERE id = 1";
 const SQL_RENEW: &str = "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $3)
  WHERE id = 1 AND holder = $1 AND epoch = $2";
+const SQL_RENEW_IN_TX: &str = "SELECT gimmm_renew_lease($1, $2, $3)";
 const SQL_RELEASE: &str = "UPDATE writer_lease SET expires_at = '-infinity'
  WHERE id = 1 AND holder = $1 AND epoch = $2";
 const SQL_PRUNE_UP: &str = "WITH gone AS (DELETE FROM upstream_seen WHERE message_id IN
@@ -175,7 +172,7 @@ impl WriterConn {
             keep_next_id: c.prepare(SQL_KEEP_NEXT_ID).await.map_err(&e)?,
             prune_down: c.prepare(SQL_PRUNE_DOWN).await.map_err(&e)?,
             prune_up: c.prepare(SQL_PRUNE_UP).await.map_err(&e)?,
-            renew: c.prepare(SQL_RENEW).await.map_err(&e)?,
+            renew: c.prepare(SQL_RENEW_IN_TX).await.map_err(&e)?,
         });
         Ok(())
     }
@@ -456,7 +453,10 @@ impl Writer {
         let outcomes = loop {
             let now = self.options.clock.now_ms();
             match self.try_commit(&group, refused.is_some(), now).await {
-                Ok(o) => break o,
+                Ok(o) => {
+                    self.renewed_now();
+                    break o;
+                }
                 Err(Failed::Fenced) => {
                     self.fence("another node took the writer lease".into());
                     return;
@@ -523,6 +523,11 @@ impl Writer {
         }
     }
 
+    /// One attempt at the group: the whole transaction is sent at once
+    /// (BEGIN, the lease renewal, the writes, COMMIT), each statement's
+    /// answer read after; only an [`Op::Upstream`] waits mid-way for the
+    /// answers before it. The renewal raises when the lease is lost, which
+    /// aborts the transaction: its COMMIT then rolls back.
     async fn try_commit(
         &mut self,
         group: &[Batch],
@@ -536,31 +541,47 @@ impl Writer {
             self.epoch,
             self.lease.lease.as_secs_f64(),
         );
+        let max_seq = group.iter().map(|b| batch_marks(b).1).max().unwrap_or(0);
+        let next_seq = (max_seq + 1) as i64;
         let WriterConn { client, st, .. } = self.connected().await?;
         let Some(st) = st.as_ref() else {
             return Err(StoreError::Stopped.into());
         };
-        let tx = client.transaction().await.map_err(&e)?;
-        // The fence: no row unless this node still holds the lease.
-        if tx
-            .execute(&st.renew, &[&node, &epoch, &secs])
-            .await
-            .map_err(&e)?
-            != 1
-        {
-            return Err(Failed::Fenced);
+        let client: &Client = client;
+        let begin = Started::new(Box::pin(client.batch_execute("BEGIN")));
+        let renew = Started::new(Box::pin(async {
+            client.execute(&st.renew, &[&node, &epoch, &secs]).await
+        }));
+        let sent = apply_group(client, st, group, skip_inserts, now).await;
+        let (mut out, run) = match sent {
+            Ok(x) => x,
+            Err(err) => {
+                // Nothing committed: end the transaction, say why.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(first_failure(begin, renew, err, &e).await);
+            }
+        };
+        let bump = (max_seq > 0).then(|| {
+            Started::new(Box::pin(async move {
+                client.execute(&st.bump_seq, &[&next_seq]).await
+            }))
+        });
+        let commit = Started::new(Box::pin(client.batch_execute("COMMIT")));
+        begin.get().await.map_err(&e)?;
+        if let Err(err) = renew.get().await {
+            let _ = commit.get().await;
+            return Err(classify(err, &e));
         }
-        let out = apply_group(&tx, st, group, skip_inserts, now)
-            .await
-            .map_err(&e)?;
-        let max_seq = group.iter().map(|b| batch_marks(b).1).max().unwrap_or(0);
-        if max_seq > 0 {
-            tx.execute(&st.bump_seq, &[&((max_seq + 1) as i64)])
-                .await
-                .map_err(&e)?;
-        }
-        tx.commit().await.map_err(&e)?;
-        self.renewed_now();
+        // A write that failed aborted the transaction: COMMIT rolled back.
+        let flushed = flush(run, &mut out).await;
+        let bumped = match bump {
+            Some(b) => b.get().await.map(|_| ()),
+            None => Ok(()),
+        };
+        let committed = commit.get().await;
+        flushed.map_err(&e)?;
+        bumped.map_err(&e)?;
+        committed.map_err(&e)?;
         Ok(out)
     }
 
@@ -603,18 +624,18 @@ impl Writer {
             return Err(StoreError::Stopped);
         };
         let tx = client.transaction().await.map_err(&e)?;
-        if tx
-            .execute(&st.renew, &[&node, &epoch, &secs])
-            .await
-            .map_err(&e)?
-            != 1
-        {
+        if let Err(err) = tx.execute(&st.renew, &[&node, &epoch, &secs]).await {
             drop(tx);
-            self.fence("another node took the writer lease".into());
-            return Err(StoreError::Fenced {
-                store: target.to_string(),
-                reason: "another node took the writer lease".into(),
-            });
+            return match classify(err, &e) {
+                Failed::Fenced => {
+                    self.fence("another node took the writer lease".into());
+                    Err(StoreError::Fenced {
+                        store: target.to_string(),
+                        reason: "another node took the writer lease".into(),
+                    })
+                }
+                Failed::Store(e) => Err(e),
+            };
         }
         // Ids stay above every row handed out, even the pruned highest.
         tx.execute(&st.keep_next_id, &[]).await.map_err(&e)?;
@@ -681,28 +702,84 @@ fn insert_ids(ops: &[Op]) -> Vec<u64> {
 struct Pending<'a> {
     batch: usize,
     insert: Option<u64>,
-    answer: BoxFuture<'a, Result<u64, tokio_postgres::Error>>,
+    answer: Started<'a, Result<u64, tokio_postgres::Error>>,
 }
 
-/// Applies the group's batches in the open transaction, in order. Writes go
-/// out [`PIPELINE`] at a time; an [`Op::Upstream`] waits for what was sent
-/// before it and for its own dedupe insert, whose answer decides whether
-/// its writes are applied.
+/// A future polled once when made: tokio-postgres sends a request on its
+/// first poll, so statements made one after another go out in that order
+/// and their answers can be awaited later (pipelining).
+enum Started<'a, T> {
+    Ready(T),
+    Running(BoxFuture<'a, T>),
+}
+
+impl<'a, T> Started<'a, T> {
+    fn new(mut f: BoxFuture<'a, T>) -> Started<'a, T> {
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => Started::Ready(v),
+            std::task::Poll::Pending => Started::Running(f),
+        }
+    }
+
+    async fn get(self) -> T {
+        match self {
+            Started::Ready(v) => v,
+            Started::Running(f) => f.await,
+        }
+    }
+}
+
+/// The SQLSTATE `gimmm_renew_lease` raises when the lease is lost.
+const LEASE_LOST: &str = "GM001";
+
+fn classify(
+    err: tokio_postgres::Error,
+    e: &impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Failed {
+    if err.code().is_some_and(|c| c.code() == LEASE_LOST) {
+        Failed::Fenced
+    } else {
+        Failed::Store(e(err))
+    }
+}
+
+/// After a failed write: the lease (renewed first) decides whether it was
+/// the fence.
+async fn first_failure(
+    begin: Started<'_, Result<(), tokio_postgres::Error>>,
+    renew: Started<'_, Result<u64, tokio_postgres::Error>>,
+    err: tokio_postgres::Error,
+    e: &impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Failed {
+    if let Err(b) = begin.get().await {
+        return Failed::Store(e(b));
+    }
+    match renew.get().await {
+        Err(r) => classify(r, e),
+        Ok(_) => classify(err, e),
+    }
+}
+
+/// Sends the group's writes in order. An [`Op::Upstream`] waits for the
+/// answers before it and for its own dedupe insert, whose answer decides
+/// whether its writes are applied; everything else is left in flight and
+/// returned, to be read by [`flush`].
 async fn apply_group<'a>(
-    tx: &'a Transaction<'a>,
+    c: &'a Client,
     st: &'a Stmts,
     group: &'a [Batch],
     skip_inserts: bool,
     now: i64,
-) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+) -> Result<(Vec<Outcome>, Vec<Pending<'a>>), tokio_postgres::Error> {
     let mut out: Vec<Outcome> = group.iter().map(|_| Outcome::default()).collect();
-    let mut run: Vec<Pending<'a>> = Vec::with_capacity(PIPELINE);
+    let mut run: Vec<Pending<'a>> = Vec::new();
     for (bi, b) in group.iter().enumerate() {
         let mut todo: Vec<&'a Op> = b.ops.iter().rev().collect();
         while let Some(op) = todo.pop() {
             if let Op::Upstream { message_id, then } = op {
-                flush(&mut run, &mut out).await?;
-                if tx.execute(&st.seen, &[message_id, &now]).await? == 1 {
+                flush(std::mem::take(&mut run), &mut out).await?;
+                if c.execute(&st.seen, &[message_id, &now]).await? == 1 {
                     todo.extend(then.iter().rev());
                 } else {
                     out[bi].1.extend(then.iter().filter_map(|op| match op {
@@ -712,42 +789,40 @@ async fn apply_group<'a>(
                 }
                 continue;
             }
-            if let Some(p) = send(tx, st, op, bi, skip_inserts, now) {
+            if let Some(p) = send(c, st, op, bi, skip_inserts, now) {
                 run.push(p);
-                if run.len() >= PIPELINE {
-                    flush(&mut run, &mut out).await?;
-                }
             }
         }
     }
-    flush(&mut run, &mut out).await?;
-    Ok(out)
+    Ok((out, run))
 }
 
-/// Awaits the answers of what was sent, in order.
-async fn flush(
-    run: &mut Vec<Pending<'_>>,
-    out: &mut [Outcome],
-) -> Result<(), tokio_postgres::Error> {
-    if run.is_empty() {
-        return Ok(());
-    }
-    let tags: Vec<(usize, Option<u64>)> = run.iter().map(|p| (p.batch, p.insert)).collect();
-    // Up to PIPELINE futures: join_all polls them in order, so the
-    // statements go out in order.
-    let answers = futures::future::join_all(run.drain(..).map(|p| p.answer)).await;
-    for ((bi, insert), answer) in tags.into_iter().zip(answers) {
-        let changed = answer?;
-        if let (Some(id), 0) = (insert, changed) {
-            out[bi].0.push(id);
+/// Reads the answers of what was sent, in order.
+async fn flush(run: Vec<Pending<'_>>, out: &mut [Outcome]) -> Result<(), tokio_postgres::Error> {
+    let mut first_err = None;
+    for p in run {
+        // Every answer is read, so none is left for the next statement.
+        match p.answer.get().await {
+            Ok(0) => {
+                if let Some(id) = p.insert {
+                    out[p.batch].0.push(id);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     }
-    Ok(())
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
-/// The statement of one write (not [`Op::Upstream`]), ready to send.
+/// Sends the statement of one write (not [`Op::Upstream`]).
 fn send<'a>(
-    tx: &'a Transaction<'a>,
+    c: &'a Client,
     st: &'a Stmts,
     op: &'a Op,
     batch: usize,
@@ -764,7 +839,7 @@ fn send<'a>(
             let id = n.id as i64;
             Box::pin(async move {
                 let session: &str = &n.session;
-                tx.execute(
+                c.execute(
                     &st.insert,
                     &[
                         &id,
@@ -786,44 +861,41 @@ fn send<'a>(
             not_before_ms,
         } => {
             let (id, attempts) = (*id as i64, i32::try_from(*attempts).unwrap_or(i32::MAX));
-            Box::pin(async move {
-                tx.execute(&st.retry, &[&id, &attempts, not_before_ms])
-                    .await
-            })
+            Box::pin(async move { c.execute(&st.retry, &[&id, &attempts, not_before_ms]).await })
         }
         Op::FinishDownstream { id } => {
             let id = *id as i64;
-            Box::pin(async move { tx.execute(&st.finish, &[&id, &now]).await })
+            Box::pin(async move { c.execute(&st.finish, &[&id, &now]).await })
         }
         Op::ReceiptDone { id } => {
             let id = *id as i64;
-            Box::pin(async move { tx.execute(&st.receipt_done, &[&id]).await })
+            Box::pin(async move { c.execute(&st.receipt_done, &[&id]).await })
         }
         Op::InsertOutbox { seq, session, body } => {
             let seq = *seq as i64;
             Box::pin(async move {
                 let (session, body): (&str, &str) = (session, body);
-                tx.execute(&st.outbox, &[&session, &seq, &body]).await
+                c.execute(&st.outbox, &[&session, &seq, &body]).await
             })
         }
         Op::DeleteOutbox { session, seq } => {
             let seq = *seq as i64;
             Box::pin(async move {
                 let session: &str = session;
-                tx.execute(&st.outbox_delete, &[&session, &seq]).await
+                c.execute(&st.outbox_delete, &[&session, &seq]).await
             })
         }
         Op::UpstreamSeen { message_id } => {
-            Box::pin(async move { tx.execute(&st.seen, &[message_id, &now]).await })
+            Box::pin(async move { c.execute(&st.seen, &[message_id, &now]).await })
         }
         Op::Unroutable { category, body } => {
-            Box::pin(async move { tx.execute(&st.unroutable, &[category, body, &now]).await })
+            Box::pin(async move { c.execute(&st.unroutable, &[category, body, &now]).await })
         }
         Op::Upstream { .. } => return None,
     };
     Some(Pending {
         batch,
         insert,
-        answer,
+        answer: Started::new(answer),
     })
 }
