@@ -83,8 +83,32 @@ const SQL_PRUNE_UP: &str = "WITH gone AS (DELETE FROM upstream_seen WHERE messag
  (SELECT message_id FROM upstream_seen WHERE at < $1 ORDER BY at LIMIT $2)
  RETURNING 1) SELECT count(*) FROM gone";
 
-/// The writes, prepared once per connection.
-struct Stmts {
+const SQL_BULK_SEEN: &str = "INSERT INTO upstream_seen (message_id, at)
+ SELECT m, $2 FROM unnest($1::text[]) WITH ORDINALITY AS u(m, o) ORDER BY o
+ ON CONFLICT DO NOTHING RETURNING message_id";
+const SQL_BULK_INSERT: &str = "INSERT INTO downstream
+ (id, session, message_id, group_id, body, expires_at, receipt, accepted_at)
+ SELECT i, s, m, g, b, e, r, a FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+   $5::text[], $6::bigint[], $7::bool[], $8::bigint[]) WITH ORDINALITY AS u(i, s, m, g, b, e, r, a, o)
+ ORDER BY o ON CONFLICT DO NOTHING RETURNING id";
+const SQL_BULK_RETRY: &str = "UPDATE downstream d SET attempts = u.a, not_before = u.n
+ FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u(id, a, n) WHERE d.id = u.id";
+const SQL_BULK_FINISH: &str = "UPDATE downstream
+ SET state = 1, body = NULL, group_id = NULL, done_at = $2 WHERE id = ANY($1::bigint[])";
+const SQL_BULK_RECEIPT_DONE: &str =
+    "UPDATE downstream SET receipt = FALSE WHERE id = ANY($1::bigint[])";
+const SQL_BULK_OUTBOX: &str = "INSERT INTO outbox (session, seq, body)
+ SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+ ON CONFLICT (session, seq) DO UPDATE SET body = EXCLUDED.body";
+const SQL_BULK_OUTBOX_DELETE: &str = "DELETE FROM outbox o
+ USING unnest($1::text[], $2::bigint[]) AS u(s, q) WHERE o.session = u.s AND o.seq = u.q";
+const SQL_BULK_UNROUTABLE: &str = "INSERT INTO unroutable (category, body, at)
+ SELECT c, b, $3 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(c, b, o) ORDER BY o";
+
+/// The writes, prepared once per connection: one statement per write
+/// (a group applied one write after another) and one per kind of write
+/// (a group applied by kind, [`super::bulk`]).
+pub(super) struct Stmts {
     insert: Statement,
     retry: Statement,
     finish: Statement,
@@ -98,6 +122,14 @@ struct Stmts {
     prune_down: Statement,
     prune_up: Statement,
     renew: Statement,
+    pub(super) bulk_seen: Statement,
+    pub(super) bulk_insert: Statement,
+    pub(super) bulk_retry: Statement,
+    pub(super) bulk_finish: Statement,
+    pub(super) bulk_receipt_done: Statement,
+    pub(super) bulk_outbox: Statement,
+    pub(super) bulk_outbox_delete: Statement,
+    pub(super) bulk_unroutable: Statement,
 }
 
 /// The writer's connection: it holds the writer lock.
@@ -173,6 +205,14 @@ impl WriterConn {
             prune_down: c.prepare(SQL_PRUNE_DOWN).await.map_err(&e)?,
             prune_up: c.prepare(SQL_PRUNE_UP).await.map_err(&e)?,
             renew: c.prepare(SQL_RENEW_IN_TX).await.map_err(&e)?,
+            bulk_seen: c.prepare(SQL_BULK_SEEN).await.map_err(&e)?,
+            bulk_insert: c.prepare(SQL_BULK_INSERT).await.map_err(&e)?,
+            bulk_retry: c.prepare(SQL_BULK_RETRY).await.map_err(&e)?,
+            bulk_finish: c.prepare(SQL_BULK_FINISH).await.map_err(&e)?,
+            bulk_receipt_done: c.prepare(SQL_BULK_RECEIPT_DONE).await.map_err(&e)?,
+            bulk_outbox: c.prepare(SQL_BULK_OUTBOX).await.map_err(&e)?,
+            bulk_outbox_delete: c.prepare(SQL_BULK_OUTBOX_DELETE).await.map_err(&e)?,
+            bulk_unroutable: c.prepare(SQL_BULK_UNROUTABLE).await.map_err(&e)?,
         });
         Ok(())
     }
@@ -222,8 +262,7 @@ pub(crate) struct Writer {
     failures: u64,
 }
 
-/// Per batch: ids of duplicate inserts, seqs of repeated upstream.
-type Outcome = (Vec<u64>, Vec<u64>);
+use super::bulk::{self, Outcome};
 
 impl Writer {
     pub(crate) fn new(p: Parts) -> Writer {
@@ -552,7 +591,12 @@ impl Writer {
         let renew = Started::new(Box::pin(async {
             client.execute(&st.renew, &[&node, &epoch, &secs]).await
         }));
-        let sent = apply_group(client, st, group, skip_inserts, now).await;
+        let sent = match bulk::Plan::new(group, skip_inserts) {
+            Some(plan) => by_kind(client, st, plan, group.len(), now).await,
+            None => apply_group(client, st, group, skip_inserts, now)
+                .await
+                .map(|(out, run)| (out, InFlight::OneByOne(run))),
+        };
         let (mut out, run) = match sent {
             Ok(x) => x,
             Err(err) => {
@@ -573,7 +617,7 @@ impl Writer {
             return Err(classify(err, &e));
         }
         // A write that failed aborted the transaction: COMMIT rolled back.
-        let flushed = flush(run, &mut out).await;
+        let flushed = run.finish(&mut out).await;
         let bumped = match bump {
             Some(b) => b.get().await.map(|_| ()),
             None => Ok(()),
@@ -708,13 +752,13 @@ struct Pending<'a> {
 /// A future polled once when made: tokio-postgres sends a request on its
 /// first poll, so statements made one after another go out in that order
 /// and their answers can be awaited later (pipelining).
-enum Started<'a, T> {
+pub(super) enum Started<'a, T> {
     Ready(T),
     Running(BoxFuture<'a, T>),
 }
 
 impl<'a, T> Started<'a, T> {
-    fn new(mut f: BoxFuture<'a, T>) -> Started<'a, T> {
+    pub(super) fn new(mut f: BoxFuture<'a, T>) -> Started<'a, T> {
         let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
         match f.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(v) => Started::Ready(v),
@@ -722,7 +766,7 @@ impl<'a, T> Started<'a, T> {
         }
     }
 
-    async fn get(self) -> T {
+    pub(super) async fn get(self) -> T {
         match self {
             Started::Ready(v) => v,
             Started::Running(f) => f.await,
@@ -759,6 +803,38 @@ async fn first_failure(
         Err(r) => classify(r, e),
         Ok(_) => classify(err, e),
     }
+}
+
+/// Writes sent, answers not read yet.
+enum InFlight<'a> {
+    ByKind(bulk::Sent<'a>),
+    OneByOne(Vec<Pending<'a>>),
+}
+
+impl InFlight<'_> {
+    async fn finish(self, out: &mut [Outcome]) -> Result<(), tokio_postgres::Error> {
+        match self {
+            InFlight::ByKind(s) => s.finish(out).await,
+            InFlight::OneByOne(run) => flush(run, out).await,
+        }
+    }
+}
+
+/// Sends the group by kind ([`bulk`]); only the upstream ids, when there
+/// are any, are waited for, since their answer decides what else goes.
+async fn by_kind<'a>(
+    c: &'a Client,
+    st: &'a Stmts,
+    mut plan: bulk::Plan<'a>,
+    batches: usize,
+    now: i64,
+) -> Result<(Vec<Outcome>, InFlight<'a>), tokio_postgres::Error> {
+    let mut out: Vec<Outcome> = (0..batches).map(|_| Outcome::default()).collect();
+    if plan.has_upstream() {
+        let rows = bulk::send_upstream(c, st, &plan, now).get().await?;
+        bulk::settle_upstream(&mut plan, &rows, &mut out);
+    }
+    Ok((out, InFlight::ByKind(bulk::send(c, st, &plan, now))))
 }
 
 /// Sends the group's writes in order. An [`Op::Upstream`] waits for the
