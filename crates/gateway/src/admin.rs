@@ -72,6 +72,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/messages", get(messages))
+        .route("/api/v1/cluster", get(cluster))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -327,6 +328,42 @@ async fn sessions(State(st): State<AdminState>) -> Response {
     match st.snapshot().await {
         Some(s) => Json(s.sessions).into_response(),
         None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// Who writes the store (SPEC §12): on PostgreSQL the writer lease (this
+/// node holds it while it serves; standbys wait outside the database and
+/// are not listed); SQLite is one node's.
+async fn cluster(State(st): State<AdminState>) -> Response {
+    let store = st.store.describe();
+    match st.store.writer_lease().await {
+        Ok(None) => Json(serde_json::json!({
+            "store": store,
+            "mode": "single",
+            "nodes": 1,
+        }))
+        .into_response(),
+        Ok(Some(l)) => {
+            let writes = l.holder == l.node_id && l.holder_epoch == l.epoch;
+            Json(serde_json::json!({
+                "store": store,
+                "mode": "writer_lease",
+                "node": {"id": l.node_id, "epoch": l.epoch, "writes": writes},
+                "lease": {
+                    "holder": l.holder,
+                    "epoch": l.holder_epoch,
+                    "expires_in_ms": l.expires_in_ms,
+                    "lease_ms": l.lease_ms,
+                },
+                "partitions": serde_json::Value::Null,
+            }))
+            .into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the writer lease: {e}\n"),
+        )
+            .into_response(),
     }
 }
 

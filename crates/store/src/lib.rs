@@ -59,7 +59,7 @@ pub use error::StoreError;
 pub use retention::{Clock, Pruned, StoreOptions, DEFAULT_RETENTION};
 pub use types::{
     now_ms, Batch, Committed, Counts, NewDownstream, Op, OutboxRow, QueuedRow, ReceiptTarget,
-    Recovery, UnroutableRow,
+    Recovery, UnroutableRow, WriterLease,
 };
 
 use futures::future::BoxFuture;
@@ -131,4 +131,10 @@ pub trait Store: Send + Sync + 'static {
     /// Rows pruned since the store was opened (background passes and
     /// [`Store::prune_now`]), counted when their deletion is visible.
     fn pruned(&self) -> watch::Receiver<Pruned>;
+
+    /// The writer lease of a store several nodes share (SPEC §12); `None`
+    /// for a store only this process uses.
+    fn writer_lease(&self) -> BoxFuture<'static, ReadResult<Option<WriterLease>>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -195,6 +195,25 @@ pub struct UnroutableRow {
     pub body: String,
 }
 
+/// Who writes a shared store (SPEC §12): the writer lease as the database
+/// holds it and this node's part in it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WriterLease {
+    /// This node's name.
+    pub node_id: String,
+    /// The epoch this node took the lease with.
+    pub epoch: i64,
+    /// The holder the database names now.
+    pub holder: String,
+    /// Its epoch (another than `epoch`: this node was fenced).
+    pub holder_epoch: i64,
+    /// Until the lease runs out without a renewal, in ms (negative: it
+    /// has run out).
+    pub expires_in_ms: i64,
+    /// How long a renewal makes it last, in ms.
+    pub lease_ms: u64,
+}
+
 /// What a store knows when it is opened.
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {

@@ -88,6 +88,7 @@ use crate::marks::{durable, Marks};
 use crate::retention::{Pruned, StoreOptions};
 use crate::types::{
     Batch, Committed, Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovery, UnroutableRow,
+    WriterLease,
 };
 use crate::{ReadResult, Store, StoreError};
 use futures::future::BoxFuture;
@@ -109,6 +110,8 @@ pub struct PgStore {
     pruned: watch::Receiver<Pruned>,
     closed: watch::Receiver<()>,
     fenced: watch::Receiver<Option<String>>,
+    /// This node's name, the epoch it holds the lease with, the lease.
+    node: Arc<(String, i64, Duration)>,
     _stop: Arc<StopOnDrop>,
 }
 
@@ -153,6 +156,7 @@ impl PgStore {
         let (closed_tx, closed) = watch::channel(());
         let (fenced_tx, fenced) = watch::channel(None);
         let (tx, rx) = mpsc::unbounded_channel();
+        let node = Arc::new((lease.node_id.clone(), epoch, lease.lease));
         let w = writer::Writer::new(writer::Parts {
             conn,
             epoch,
@@ -181,6 +185,7 @@ impl PgStore {
                 pruned,
                 closed,
                 fenced,
+                node,
                 _stop: Arc::new(StopOnDrop(tx)),
             },
             recovery,
@@ -293,6 +298,22 @@ impl Store for PgStore {
 
     fn pruned(&self) -> watch::Receiver<Pruned> {
         self.pruned.clone()
+    }
+
+    fn writer_lease(&self) -> BoxFuture<'static, ReadResult<Option<WriterLease>>> {
+        let r = self.reader.clone();
+        let node = self.node.clone();
+        Box::pin(async move {
+            let (holder, holder_epoch, expires_in_ms) = r.lease().await?;
+            Ok(Some(WriterLease {
+                node_id: node.0.clone(),
+                epoch: node.1,
+                holder,
+                holder_epoch,
+                expires_in_ms,
+                lease_ms: u64::try_from(node.2.as_millis()).unwrap_or(u64::MAX),
+            }))
+        })
     }
 }
 

@@ -20,6 +20,8 @@ const SQL_RECEIPT: &str = "SELECT session, id FROM downstream
 const SQL_SEEN: &str = "SELECT 1 FROM upstream_seen WHERE message_id = $1";
 const SQL_COUNTS: &str = "SELECT (SELECT count(*) FROM downstream WHERE state = 0),
         (SELECT count(*) FROM outbox), (SELECT count(*) FROM unroutable)";
+const SQL_LEASE: &str = "SELECT holder, epoch,
+        (extract(epoch FROM expires_at - now()) * 1000)::bigint FROM writer_lease WHERE id = 1";
 const SQL_UNROUTABLE: &str = "SELECT category, body FROM unroutable ORDER BY id DESC LIMIT $1";
 
 /// A connection with its prepared reads.
@@ -31,6 +33,7 @@ struct ReadConn {
     seen: Statement,
     counts: Statement,
     unroutable: Statement,
+    lease: Statement,
 }
 
 /// The reads' connection, reopened on demand.
@@ -177,6 +180,19 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// The writer lease as the database holds it: holder, epoch, ms left.
+    pub(crate) async fn lease(&self) -> ReadResult<(String, i64, i64)> {
+        let c = self.conn().await?;
+        let r = c
+            .client
+            .query_one(&c.lease, &[])
+            .await
+            .map_err(self.err("reading the writer lease"))?;
+        Ok((r.get(0), r.get(1), r.get(2)))
+    }
+}
+
 async fn open(target: &PgTarget) -> Result<ReadConn, StoreError> {
     let (client, _task) = target::connect(target, "reader").await?;
     let e = pg(target, "preparing the reads");
@@ -187,6 +203,7 @@ async fn open(target: &PgTarget) -> Result<ReadConn, StoreError> {
         seen: client.prepare(SQL_SEEN).await.map_err(&e)?,
         counts: client.prepare(SQL_COUNTS).await.map_err(&e)?,
         unroutable: client.prepare(SQL_UNROUTABLE).await.map_err(&e)?,
+        lease: client.prepare(SQL_LEASE).await.map_err(&e)?,
         client,
     })
 }
