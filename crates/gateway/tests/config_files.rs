@@ -129,6 +129,7 @@ fn example_config_documents_every_key() {
         ("store", "[store]"),
         ("admin", "[admin]"),
         ("ingress", "[ingress]"),
+        ("cluster", "[cluster]"),
     ];
     let top = schema_keys("");
     for (name, header) in sections {
@@ -152,7 +153,7 @@ fn example_config_documents_every_key() {
     }
     assert_eq!(
         top.len(),
-        6,
+        7,
         "a new top-level section needs documenting: {top:?}"
     );
 }
