@@ -35,6 +35,11 @@
 //! (`over_limit == 0`, every connection's high-water mark within what it
 //! advertised).
 //!
+//! **PostgreSQL mode** (`chaos_soak_on_postgres_loses_and_duplicates_nothing`,
+//! SPEC §12): the XMPP soak with the store on the tests' PostgreSQL server
+//! (`GIMMM_TEST_POSTGRES_URL`); each restart comes back under the same
+//! `cluster.node_id` and takes the writer lease back at once.
+//!
 //! `GIMMM_CHAOS_SECS` (default 20) sets the chaos phase, `GIMMM_CHAOS_SEED`
 //! replays a seed (the decisions, not the timing). The seed is printed.
 //! `GIMMM_CHAOS_EVENTS=1` prints the chaos events of a passing run too.
@@ -340,12 +345,28 @@ fn selected(api: Api) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_loses_and_duplicates_nothing() {
-    soak(Api::Xmpp).await;
+    soak(Api::Xmpp, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_on_http_v1_loses_and_duplicates_nothing() {
-    soak(Api::HttpV1).await;
+    soak(Api::HttpV1, None).await;
+}
+
+/// The XMPP soak on the PostgreSQL store (SPEC §12; the tests' server,
+/// `GIMMM_TEST_POSTGRES_URL`, skipped without it unless `CI` is set): every
+/// SIGKILL and SIGTERM restarts the node under the same `cluster.node_id`,
+/// which takes its writer lease back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_soak_on_postgres_loses_and_duplicates_nothing() {
+    if !selected(Api::Xmpp) {
+        eprintln!("chaos: the PostgreSQL soak runs the XMPP mode, not selected by GIMMM_CHAOS_API; skipped");
+        return;
+    }
+    let Some(url) = store::conformance::postgres_scratch_url().await else {
+        return;
+    };
+    soak(Api::Xmpp, Some(url)).await;
 }
 
 fn random_v1_faults(rng: &mut StdRng) -> V1Faults {
@@ -528,7 +549,8 @@ impl Fcm {
     }
 }
 
-async fn soak(api: Api) {
+/// One soak of `api`, on SQLite or, with `store_url`, on PostgreSQL.
+async fn soak(api: Api, store_url: Option<String>) {
     if !selected(api) {
         eprintln!("chaos: {api:?} soak not selected by GIMMM_CHAOS_API; skipped");
         return;
@@ -572,6 +594,15 @@ async fn soak(api: Api) {
             )
         }
     };
+    let on = if store_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    if let Some(url) = store_url {
+        cfg.store.url = gateway::config::Secret::new(url);
+        cfg.cluster.node_id = "chaos-node".into();
+    }
     cfg.fcm.connections = 2;
     cfg.retry.max_ms = 400;
     cfg.retry.max_attempts = 10;
@@ -906,7 +937,7 @@ async fn soak(api: Api) {
     };
 
     eprintln!(
-        "chaos: {api:?}: seed {seed}, {secs} s chaos + {:?} settle: {accepted} accepted, {finals} final results ({acks} ACK; by kind {kinds:?}), \
+        "chaos: {api:?} on {on}: seed {seed}, {secs} s chaos + {:?} settle: {accepted} accepted, {finals} final results ({acks} ACK; by kind {kinds:?}), \
          0 lost, 0 duplicated; {up_total} upstream delivered once each; {receipts} receipts once each; \
          {redeliveries} redeliveries (same sequence_id), {dup_answers} duplicate:true answers; \
          {kills} SIGKILL, {terms} SIGTERM, {emulator_line}",

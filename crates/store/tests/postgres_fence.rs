@@ -217,3 +217,31 @@ async fn a_standby_takes_over_when_the_writer_stops() {
         .get(0);
     assert_eq!(holder, "node-b");
 }
+
+/// A node restarted under its own id takes its lease back at once, without
+/// waiting for it to run out; the process that held it, had it survived,
+/// is fenced by the new epoch.
+#[tokio::test]
+async fn a_node_restarted_under_its_own_id_takes_its_lease_back_at_once() {
+    let Some(url) = postgres_scratch_url().await else {
+        return;
+    };
+    let lease = |wait| LeaseOptions {
+        node_id: "node-r".into(),
+        lease: Duration::from_secs(3600),
+        wait,
+    };
+    let (old, mut old_commits) = open(&url, lease(None)).await;
+    submit(&old, 1, 1).await;
+    assert_eq!(next(&mut old_commits).await.no, 1);
+    // An hour's lease, held: another id would wait; this one does not.
+    let (new, mut new_commits) = open(&url, lease(Some(Duration::ZERO))).await;
+    submit(&new, 1, 2).await;
+    assert_eq!(next(&mut new_commits).await.failed_inserts.len(), 0);
+    submit(&old, 2, 3).await;
+    tokio::time::timeout(WAIT, old.fenced())
+        .await
+        .expect("the old process was not fenced");
+    let other = admin(&url).await;
+    assert_eq!((rows(&other, 2).await, rows(&other, 3).await), (1, 0));
+}

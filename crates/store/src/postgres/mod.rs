@@ -52,8 +52,11 @@ pub const WRITER_LOCK_KEY: i64 = 0x67_69_6d_6d_6d;
 /// How a node holds the writer lease (SPEC §12 `[cluster]`).
 #[derive(Debug, Clone)]
 pub struct LeaseOptions {
-    /// This node's name in `writer_lease.holder` (logs and the admin API;
-    /// uniqueness is the epoch's job).
+    /// This node's name in `writer_lease.holder`. Unique per node: a node
+    /// that finds the lease held under its own id takes it back at once (a
+    /// restart after a crash need not wait for the lease to run out; the
+    /// process that held it, were it still alive, is fenced by the new
+    /// epoch).
     pub node_id: String,
     /// How long the lease lasts without a renewal (`cluster.lease_secs`):
     /// a node silent this long loses the writing to another.
@@ -74,14 +77,22 @@ impl Default for LeaseOptions {
     }
 }
 
-/// `hostname-pid`, the default node id.
+/// `hostname-pid-xxxx`, the default node id: another for every call, so a
+/// node without a configured id never takes a lease back as its own.
 pub fn default_node_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "gimmm".into());
-    format!("{host}-{}", std::process::id())
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let salt = (nanos ^ CALLS.fetch_add(1, Ordering::Relaxed).rotate_left(16)) & 0xffff;
+    format!("{host}-{}-{salt:04x}", std::process::id())
 }
 
 use crate::marks::{durable, Marks};

@@ -71,7 +71,7 @@ const SQL_PRUNE_DOWN: &str = "WITH gone AS (DELETE FROM downstream WHERE id IN
  RETURNING 1) SELECT count(*) FROM gone";
 const SQL_ACQUIRE: &str = "UPDATE writer_lease
  SET holder = $1, epoch = epoch + 1, expires_at = now() + make_interval(secs => $2)
- WHERE id = 1 AND expires_at < now() RETURNING epoch";
+ WHERE id = 1 AND (expires_at < now() OR holder = $1) RETURNING epoch";
 const SQL_HOLDER: &str = "SELECT holder, extract(epoch FROM expires_at - now())::float8
  FROM writer_lease WHERE id = 1";
 const SQL_RENEW: &str = "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $3)
@@ -149,7 +149,9 @@ impl WriterConn {
         })
     }
 
-    /// Takes the writer lease once it has expired, waiting as `lease.wait`
+    /// Takes the writer lease once it has expired — or at once when it is
+    /// held under this node's own id (a restart: the process that held it
+    /// is gone, or is fenced by the new epoch) — waiting as `lease.wait`
     /// says (for ever: a standby); returns the new epoch.
     pub(crate) async fn acquire_waiting(
         &self,
