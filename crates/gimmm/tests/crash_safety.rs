@@ -48,6 +48,8 @@ async fn sigkill_mid_flight(store_url: Option<String>) {
     cfg.admin.listen = String::new();
     if let Some(url) = store_url {
         cfg.store.url = gateway::config::Secret::new(url);
+        // The restart takes its own writer lease back at once.
+        cfg.cluster.node_id = "crash-node".into();
     }
     let opts = ChildOpts::new(env!("CARGO_BIN_EXE_gimmm")).dir(dir.path());
     let mut gw = ChildGateway::spawn(&cfg, opts).await.unwrap();
