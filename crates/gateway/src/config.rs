@@ -1532,6 +1532,22 @@ mod tests {
                 "",
             ),
             ("tokenn", format!("{MIN}[admin]\ntokenn = \"{V}\"\n"), ""),
+            // store.url (SPEC §12): syntax, type, unknown key, a bad URL
+            (
+                "store.url",
+                format!("{MIN}[store]\nurl = \"postgres://u:{V}@h/d\n"),
+                "line 5",
+            ),
+            (
+                "store.url",
+                format!("{MIN}[store]\nurl = [\"postgres://u:{V}@h/d\"]\n"),
+                "line 5",
+            ),
+            (
+                "ulr",
+                format!("{MIN}[store]\nulr = \"postgres://u:{V}@h/d\"\n"),
+                "",
+            ),
         ];
         for (key, text, at) in cases {
             let e = load_str(&text, &[]).unwrap_err().to_string();
@@ -1544,6 +1560,14 @@ mod tests {
             assert!(e.contains(at), "says where ({at}): {e}");
             assert!(!e.contains("|"), "no source snippet: {e}");
         }
+        // a value that is not a PostgreSQL URL
+        let e = load_str(
+            &format!("{MIN}[store]\nurl = \"postgres://u:{V}@h:port/d\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.url") && !e.contains(V), "{e}");
         // range / consistency
         let e = load_str(&format!("{MIN}[fcm]\nsender_id = \"1\"\n"), &[])
             .unwrap_err()
