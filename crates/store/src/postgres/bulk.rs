@@ -16,7 +16,8 @@
 //! ([`Plan::new`] says `None`). Within a kind the order holds: the first
 //! of two inserts of one message id wins, the last of two updates of a row.
 
-use super::writer::{Started, Stmts};
+use super::apply::Started;
+use super::writer::Stmts;
 use crate::types::{Batch, Op};
 use std::collections::{HashMap, HashSet};
 use tokio_postgres::Client;

@@ -36,6 +36,7 @@
 //! * **Secrets.** The URL's password is never printed: [`PgStore::describe`]
 //!   and every error name the target as `postgres://user@host:port/db`.
 
+mod apply;
 mod bulk;
 mod migrate;
 mod reader;
