@@ -227,6 +227,40 @@ pub struct Recovery {
     pub outbox: Vec<(String, u64)>,
 }
 
+/// What a store read at open, before it is summed up as a [`Recovery`].
+pub(crate) struct Recovered {
+    /// `meta.next_seq`: above every sequence id handed out.
+    pub(crate) meta_seq: i64,
+    /// `meta.next_id`: above every row id handed out, pruned or not.
+    pub(crate) meta_id: i64,
+    /// The highest downstream row id there (0 when none).
+    pub(crate) max_id: i64,
+    /// Queued downstream messages.
+    pub(crate) queued: i64,
+    /// Per session with outbox rows: (session, rows, highest seq).
+    pub(crate) outbox: Vec<(String, u64, i64)>,
+}
+
+impl Recovered {
+    /// The recovery summary, and the highest row id and sequence id
+    /// (everything a store holds at open is durable: its marks start there).
+    pub(crate) fn summary(self) -> (Recovery, u64, u64) {
+        let max_seq = self.outbox.iter().map(|(_, _, m)| *m).max().unwrap_or(0);
+        let outbox = self.outbox.into_iter().map(|(s, n, _)| (s, n)).collect();
+        let next_seq = self.meta_seq.max(max_seq + 1) as u64;
+        (
+            Recovery {
+                next_seq,
+                next_id: self.meta_id.max(self.max_id + 1) as u64,
+                queued: self.queued as u64,
+                outbox,
+            },
+            self.max_id as u64,
+            next_seq.saturating_sub(1),
+        )
+    }
+}
+
 /// The highest downstream row id and sequence id a batch writes (for the
 /// "only durable rows" rule of reads).
 pub(crate) fn batch_marks(b: &Batch) -> (u64, u64) {

@@ -4,7 +4,9 @@
 //! reads on it. Each read stops at the durable marks its caller passes.
 
 use super::{pg, target, PgTarget};
-use crate::types::{Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovery, UnroutableRow};
+use crate::types::{
+    Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovered, Recovery, UnroutableRow,
+};
 use crate::{ReadResult, StoreError};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -225,10 +227,6 @@ pub(crate) async fn recover(
         )
         .await
         .map_err(&e)?;
-    let meta_seq: i64 = r.get(0);
-    let meta_id: i64 = r.get(1);
-    let max_id: i64 = r.get(2);
-    let queued: i64 = r.get(3);
     let rows = c
         .query(
             "SELECT session, count(*), max(seq) FROM outbox GROUP BY session ORDER BY session",
@@ -236,21 +234,15 @@ pub(crate) async fn recover(
         )
         .await
         .map_err(&e)?;
-    let per_session: Vec<(String, u64, i64)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2)))
-        .collect();
-    let max_seq = per_session.iter().map(|(_, _, m)| *m).max().unwrap_or(0);
-    let outbox = per_session.into_iter().map(|(s, n, _)| (s, n)).collect();
-    let next_seq = meta_seq.max(max_seq + 1) as u64;
-    Ok((
-        Recovery {
-            next_seq,
-            next_id: meta_id.max(max_id + 1) as u64,
-            queued: queued as u64,
-            outbox,
-        },
-        max_id as u64,
-        next_seq.saturating_sub(1),
-    ))
+    Ok(Recovered {
+        meta_seq: r.get(0),
+        meta_id: r.get(1),
+        max_id: r.get(2),
+        queued: r.get(3),
+        outbox: rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2)))
+            .collect(),
+    }
+    .summary())
 }

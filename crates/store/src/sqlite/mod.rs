@@ -37,7 +37,8 @@ mod writer;
 use crate::marks::{durable, Marks};
 use crate::retention::{Pruned, StoreOptions};
 use crate::types::{
-    Batch, Committed, Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovery, UnroutableRow,
+    Batch, Committed, Counts, OutboxRow, QueuedRow, ReceiptTarget, Recovered, Recovery,
+    UnroutableRow,
 };
 use crate::{ReadResult, Store, StoreError};
 use futures::future::BoxFuture;
@@ -521,19 +522,14 @@ fn recover(c: &Connection, path: &Path) -> Result<(Recovery, u64, u64), StoreErr
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql(path))?;
-    let max_seq = per_session.iter().map(|(_, _, m)| *m).max().unwrap_or(0);
-    let outbox = per_session.into_iter().map(|(s, n, _)| (s, n)).collect();
-    let next_seq = meta_seq.max(max_seq + 1) as u64;
-    Ok((
-        Recovery {
-            next_seq,
-            next_id: meta_id.max(max_id + 1) as u64,
-            queued: queued as u64,
-            outbox,
-        },
-        max_id as u64,
-        next_seq.saturating_sub(1),
-    ))
+    Ok(Recovered {
+        meta_seq,
+        meta_id,
+        max_id,
+        queued,
+        outbox: per_session,
+    }
+    .summary())
 }
 
 #[cfg(test)]
